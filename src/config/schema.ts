@@ -1,0 +1,142 @@
+import { z } from 'zod';
+
+/**
+ * The one definition of the configuration file (SPEC §3). The TypeScript type, the validation
+ * messages and the shipped `config/gateway.schema.json` all come from here.
+ * Every object is strict: unknown keys are errors at every level.
+ */
+
+/** Whole-string numbers produced by `${ENV}` substitution become numbers ("8080" → 8080). */
+const int = (min: number, max: number) =>
+  z.preprocess(
+    (v) => (typeof v === 'string' && /^-?\d+$/.test(v.trim()) ? Number(v.trim()) : v),
+    z.number().int().min(min).max(max),
+  );
+/** `"true"`/`"false"` from `${ENV}` substitution become booleans. */
+const bool = () => z.preprocess((v) => (v === 'true' ? true : v === 'false' ? false : v), z.boolean());
+
+const httpUrl = z.string().refine(
+  (s) => {
+    try {
+      const u = new URL(s);
+      return (u.protocol === 'http:' || u.protocol === 'https:') && u.hostname !== '';
+    } catch {
+      return false;
+    }
+  },
+  { message: 'must be an absolute http(s) URL' },
+);
+
+export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT'] as const;
+export type HttpMethod = (typeof HTTP_METHODS)[number];
+
+const scopeName = z
+  .string()
+  .regex(/^[\x21\x23-\x5B\x5D-\x7E]+$/, 'must be a scope token (RFC 6749 §3.3: no spaces, quotes or backslashes)');
+const scopeList = z.array(scopeName).min(1, 'must list at least one scope');
+
+export const ScopeRuleSchema = z.union([
+  scopeList,
+  z.strictObject({ anyOf: scopeList }),
+  z.strictObject({ allOf: scopeList }),
+]);
+
+const AlgorithmSchema = z.enum(['ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519', 'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512']);
+
+export const RouteSchema = z.strictObject({
+  name: z.string().regex(/^[a-z0-9-]+$/, 'must match [a-z0-9-]+'),
+  match: z.strictObject({
+    pathPrefix: z
+      .string()
+      .regex(/^\/[\x21-\x7E]*$/, 'must start with / and contain only visible ASCII characters'),
+    methods: z
+      .array(z.preprocess((v) => (typeof v === 'string' ? v.toUpperCase() : v), z.enum(HTTP_METHODS)))
+      .min(1, 'must list at least one method; omit the key to allow all')
+      .optional(),
+  }),
+  upstream: httpUrl,
+  stripPrefix: bool().default(false),
+  scopes: ScopeRuleSchema.optional(),
+  auth: z.enum(['none']).optional(),
+  /** Upstream response timeout for this route (connect timeout is the smaller of this and 5 s). */
+  timeoutMs: int(1, 3_600_000).optional(),
+  /** Accept a JWT-shaped client token as a phantom token (SPEC §4 stage 3). */
+  acceptJwt: bool().default(false),
+});
+
+export const ConfigSchema = z.strictObject({
+  realm: z.string().regex(/^[\x20\x21\x23-\x5B\x5D-\x7E]*$/, 'must be printable ASCII without quotes or backslashes').default('api'),
+  listen: z
+    .strictObject({
+      host: z.string().min(1).default('0.0.0.0'),
+      port: int(0, 65535).default(8080),
+      trustProxyHeaders: bool().default(false),
+      tls: z
+        .strictObject({
+          certFile: z.string().min(1),
+          keyFile: z.string().min(1),
+          clientCaFile: z.string().min(1).optional(),
+        })
+        .optional(),
+    })
+    .prefault({}),
+  admin: z
+    .strictObject({
+      host: z.string().min(1).default('127.0.0.1'),
+      port: int(0, 65535).default(9090),
+    })
+    .prefault({}),
+  tokenService: z.strictObject({
+    issuer: httpUrl,
+    introspectionEndpoint: httpUrl.optional(),
+    clientId: z.string().min(1),
+    clientSecret: z.string().min(1).optional(),
+    clientAuth: z.enum(['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'tls_client_auth']).default('client_secret_basic'),
+    mode: z.enum(['accept-jwt', 'claim', 'mint']).default('accept-jwt'),
+    jwtClaim: z.string().min(1).optional(),
+    timeoutMs: int(50, 60_000).default(2000),
+    requireAtStartup: bool().default(false),
+  }),
+  jwt: z
+    .strictObject({
+      algorithms: z.array(AlgorithmSchema).min(1).default(['ES256', 'EdDSA', 'RS256', 'PS256']),
+      issuer: z.string().min(1).optional(),
+      audience: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+      jwksUri: httpUrl.optional(),
+      /** Expected `typ` header; when absent, JWT / at+jwt (optionally `application/`-prefixed) or none. */
+      typ: z.string().min(1).optional(),
+      clockSkewSeconds: int(0, 60).default(30),
+      mint: z
+        .strictObject({
+          issuer: z.string().min(1),
+          signingKeysFile: z.string().min(1),
+          lifetimeSeconds: int(1, 86_400).default(300),
+          audience: z.string().min(1).optional(),
+        })
+        .optional(),
+    })
+    .prefault({}),
+  cache: z
+    .strictObject({
+      redis: z
+        .strictObject({
+          url: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL'),
+          keyPrefix: z.string().default('phantom:'),
+          commandTimeoutMs: int(1, 10_000).default(50),
+        })
+        .optional(),
+      memory: z.strictObject({ maxEntries: int(1, 10_000_000).default(10_000) }).prefault({}),
+      maxTtlSeconds: int(1, 86_400).default(900),
+      negativeTtlSeconds: int(0, 3600).default(5),
+    })
+    .prefault({}),
+  routes: z.array(RouteSchema).min(1, 'must define at least one route'),
+  shutdownGraceSeconds: int(0, 3600).default(10),
+});
+
+/** The configuration as written (before defaults): what the JSON Schema describes. */
+export type ConfigInput = z.input<typeof ConfigSchema>;
+/** The validated configuration with defaults applied. Frozen after parsing. */
+export type Config = z.output<typeof ConfigSchema>;
+export type RouteConfig = Config['routes'][number];
+export type ScopeRule = z.output<typeof ScopeRuleSchema>;
