@@ -27,12 +27,25 @@ const httpUrl = z.string().refine(
   { message: 'must be an absolute http(s) URL' },
 );
 
-export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT'] as const;
+export const HTTP_METHODS = [
+  'GET',
+  'HEAD',
+  'POST',
+  'PUT',
+  'PATCH',
+  'DELETE',
+  'OPTIONS',
+  'TRACE',
+  'CONNECT',
+] as const;
 export type HttpMethod = (typeof HTTP_METHODS)[number];
 
 const scopeName = z
   .string()
-  .regex(/^[\x21\x23-\x5B\x5D-\x7E]+$/, 'must be a scope token (RFC 6749 §3.3: no spaces, quotes or backslashes)');
+  .regex(
+    /^[\x21\x23-\x5B\x5D-\x7E]+$/,
+    'must be a scope token (RFC 6749 §3.3: no spaces, quotes or backslashes)',
+  );
 const scopeList = z.array(scopeName).min(1, 'must list at least one scope');
 
 export const ScopeRuleSchema = z.union([
@@ -41,7 +54,19 @@ export const ScopeRuleSchema = z.union([
   z.strictObject({ allOf: scopeList }),
 ]);
 
-const AlgorithmSchema = z.enum(['ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519', 'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512']);
+const AlgorithmSchema = z.enum([
+  'ES256',
+  'ES384',
+  'ES512',
+  'EdDSA',
+  'Ed25519',
+  'RS256',
+  'RS384',
+  'RS512',
+  'PS256',
+  'PS384',
+  'PS512',
+]);
 
 export const RouteSchema = z.strictObject({
   name: z.string().regex(/^[a-z0-9-]+$/, 'must match [a-z0-9-]+'),
@@ -65,7 +90,10 @@ export const RouteSchema = z.strictObject({
 });
 
 export const ConfigSchema = z.strictObject({
-  realm: z.string().regex(/^[\x20\x21\x23-\x5B\x5D-\x7E]*$/, 'must be printable ASCII without quotes or backslashes').default('api'),
+  realm: z
+    .string()
+    .regex(/^[\x20\x21\x23-\x5B\x5D-\x7E]*$/, 'must be printable ASCII without quotes or backslashes')
+    .default('api'),
   listen: z
     .strictObject({
       host: z.string().min(1).default('0.0.0.0'),
@@ -91,7 +119,9 @@ export const ConfigSchema = z.strictObject({
     introspectionEndpoint: httpUrl.optional(),
     clientId: z.string().min(1),
     clientSecret: z.string().min(1).optional(),
-    clientAuth: z.enum(['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'tls_client_auth']).default('client_secret_basic'),
+    clientAuth: z
+      .enum(['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'tls_client_auth'])
+      .default('client_secret_basic'),
     mode: z.enum(['accept-jwt', 'claim', 'mint']).default('accept-jwt'),
     jwtClaim: z.string().min(1).optional(),
     timeoutMs: int(50, 60_000).default(2000),

@@ -45,7 +45,13 @@ export class GatewayError extends Error {
 /** 401, bare challenge: no Authorization header, or a scheme other than Bearer. */
 export class TokenMissing extends GatewayError {
   constructor(description = 'A bearer access token is required') {
-    super({ status: 401, error: 'unauthorized', reason: 'token_missing', description, challenge: { kind: 'bare' } });
+    super({
+      status: 401,
+      error: 'unauthorized',
+      reason: 'token_missing',
+      description,
+      challenge: { kind: 'bare' },
+    });
   }
 }
 
@@ -89,7 +95,12 @@ export class InsufficientScope extends GatewayError {
 /** 404: no route matches the path (deny by default). */
 export class RouteNotFound extends GatewayError {
   constructor() {
-    super({ status: 404, error: 'route_not_found', reason: 'route_not_found', description: 'No route matches this path' });
+    super({
+      status: 404,
+      error: 'route_not_found',
+      reason: 'route_not_found',
+      description: 'No route matches this path',
+    });
   }
 }
 

@@ -1,0 +1,171 @@
+import express, { type Express } from 'express';
+import { createAdminApp } from './admin/admin-app.ts';
+import type { CacheEntry } from './cache/cache-entry.ts';
+import { createCacheKeyer, resolveCacheSecret } from './cache/cache-key.ts';
+import { createMemoryCache } from './cache/memory-cache.ts';
+import { createRedisStore, type RedisStore } from './cache/redis-store.ts';
+import { createTieredCache } from './cache/tiered-cache.ts';
+import type { Config } from './config/schema.ts';
+import { createErrorHandler } from './errors/error-handler.ts';
+import { createIntrospectionClient } from './introspection/introspection-client.ts';
+import {
+  createTokenServiceMetadata,
+  type TokenServiceMetadata,
+} from './introspection/token-service-metadata.ts';
+import { createMinter, type Minter } from './jwt/mint-jwt.ts';
+import { loadSigningKeys, type SigningKeys } from './jwt/signing-keys.ts';
+import { createJwtVerifier, type JwtVerifier } from './jwt/verify-jwt.ts';
+import { createAccessLog } from './observability/access-log.ts';
+import type { Logger } from './observability/logger.ts';
+import { createAuthorizeScopes } from './pipeline/authorize-scopes.ts';
+import { createExtractToken } from './pipeline/extract-token.ts';
+import { createForward } from './pipeline/forward.ts';
+import { createMatchRoute } from './pipeline/match-route.ts';
+import { createRequestId } from './pipeline/request-id.ts';
+import { createJwtResolver } from './pipeline/resolve-jwt.ts';
+import { RouteTable } from './routing/route-table.ts';
+
+/** Thrown while wiring the gateway when the configuration points at something unusable (exit 1). */
+export class StartupConfigError extends Error {
+  override name = 'StartupConfigError';
+}
+
+export interface Gateway {
+  /** The public listener's request handler. */
+  app: Express;
+  /** The admin listener's request handler (/livez, /readyz, /.well-known/jwks.json). */
+  admin: Express;
+  metadata: TokenServiceMetadata;
+  redis: RedisStore | undefined;
+  /** Stops background work and closes Redis and upstream connections. */
+  close(): Promise<void>;
+}
+
+/**
+ * Composition root: the only module that knows every part. The public app is the SPEC §4
+ * pipeline, read top to bottom.
+ */
+export async function createGateway(
+  config: Config,
+  deps: { logger: Logger; env?: NodeJS.ProcessEnv },
+): Promise<Gateway> {
+  const { logger } = deps;
+  const env = deps.env ?? process.env;
+
+  let secret: Buffer;
+  try {
+    const s = resolveCacheSecret(env, config.cache.redis !== undefined);
+    secret = s.secret;
+    if (s.generated)
+      logger.info('PHANTOM_CACHE_KEY not set: using a random per-process cache key (in-process cache only)');
+  } catch (err) {
+    throw new StartupConfigError((err as Error).message);
+  }
+
+  const metadata = createTokenServiceMetadata(config, { logger });
+  const introspection = createIntrospectionClient(config, { metadata, logger });
+
+  let verifier: JwtVerifier;
+  let signingKeys: SigningKeys | undefined;
+  let minter: Minter | undefined;
+  const mint = config.jwt.mint;
+  if (config.tokenService.mode === 'mint' && mint !== undefined) {
+    try {
+      signingKeys = await loadSigningKeys(mint.signingKeysFile);
+    } catch (err) {
+      throw new StartupConfigError(`jwt.mint.signingKeysFile: ${(err as Error).message}`);
+    }
+    minter = createMinter({ issuer: mint.issuer, lifetimeSeconds: mint.lifetimeSeconds, keys: signingKeys });
+    // Minted JWTs read back from Redis are verified against our own public keys.
+    verifier = createJwtVerifier({
+      algorithms: [signingKeys.alg],
+      issuer: mint.issuer,
+      typ: 'at+jwt',
+      clockSkewSeconds: config.jwt.clockSkewSeconds,
+      keys: { kind: 'local', jwks: signingKeys.publicJwks },
+    });
+  } else {
+    verifier = createJwtVerifier({
+      algorithms: config.jwt.algorithms,
+      issuer: config.jwt.issuer ?? config.tokenService.issuer,
+      ...(config.jwt.audience !== undefined ? { audience: config.jwt.audience } : {}),
+      ...(config.jwt.typ !== undefined ? { typ: config.jwt.typ } : {}),
+      clockSkewSeconds: config.jwt.clockSkewSeconds,
+      keys: {
+        kind: 'remote',
+        timeoutMs: config.tokenService.timeoutMs,
+        jwksUri: async () => {
+          if (config.jwt.jwksUri !== undefined) return config.jwt.jwksUri;
+          const uri = (await metadata.get()).jwksUri;
+          if (uri === undefined) throw new Error('the token service metadata has no jwks_uri');
+          return uri;
+        },
+      },
+    });
+  }
+
+  const redis = config.cache.redis ? createRedisStore(config.cache.redis, { logger }) : undefined;
+  const cache = createTieredCache({
+    memory: createMemoryCache({ maxEntries: config.cache.memory.maxEntries }),
+    ...(redis ? { redis } : {}),
+    clockSkewSeconds: config.jwt.clockSkewSeconds,
+    maxTtlSeconds: config.cache.maxTtlSeconds,
+    revive: async (jwt: string): Promise<CacheEntry | undefined> => {
+      try {
+        const v = await verifier.verify(jwt);
+        return { jwt: v.jwt, claims: v.claims as Record<string, unknown>, exp: v.exp };
+      } catch {
+        return undefined;
+      }
+    },
+  });
+
+  const table = new RouteTable(config);
+  const resolver = createJwtResolver({
+    config,
+    cache,
+    cacheKey: createCacheKeyer(secret),
+    introspection,
+    verifier,
+    ...(minter ? { minter } : {}),
+  });
+  const realm = () => config.realm;
+  const forward = createForward(table.routes, {
+    trustProxyHeaders: config.listen.trustProxyHeaders,
+    tls: config.listen.tls !== undefined,
+    realm,
+    logger,
+  });
+
+  const app = express();
+  app.disable('x-powered-by');
+  app.disable('etag');
+  app.use(
+    createRequestId(),
+    createAccessLog(logger),
+    createMatchRoute(() => table),
+    createExtractToken(),
+    resolver.middleware,
+    createAuthorizeScopes(),
+    forward.forward,
+  );
+  app.use(createErrorHandler({ realm, logger }));
+
+  const admin = createAdminApp({
+    ready: () => metadata.ready(),
+    redisState: () => (redis ? redis.state() : 'disabled'),
+    ...(signingKeys ? { jwks: signingKeys.publicJwks } : {}),
+  });
+
+  return {
+    app,
+    admin,
+    metadata,
+    redis,
+    async close() {
+      metadata.stop();
+      forward.close();
+      await redis?.close();
+    },
+  };
+}

@@ -1,0 +1,246 @@
+import {
+  createLocalJWKSet,
+  createRemoteJWKSet,
+  customFetch,
+  decodeProtectedHeader,
+  errors as joseErrors,
+  type JWK,
+  type JWSHeaderParameters,
+  type JWTPayload,
+  type JWTVerifyGetKey,
+  jwtVerify,
+} from 'jose';
+import { InvalidToken, TokenServiceUnavailable } from '../errors/gateway-errors.ts';
+
+export interface VerifiedJwt {
+  /** The JWT as received (or minted). Never logged. */
+  jwt: string;
+  claims: JWTPayload;
+  /** `exp`, epoch seconds (always present: verification requires it). */
+  exp: number;
+}
+
+export interface JwtVerifier {
+  /** Throws InvalidToken('jwt_invalid') when the JWT is refused, TokenServiceUnavailable when its keys cannot be fetched. */
+  verify(jwt: string): Promise<VerifiedJwt>;
+}
+
+export interface JwtVerifierOptions {
+  /** Allow-list of JWS algorithms; `none` and `HS*` are dropped whatever the caller passes. */
+  algorithms: string[];
+  /** Expected `iss`, exact match. */
+  issuer: string;
+  /** Expected `aud` (any of them) when set. */
+  audience?: string | string[];
+  /** Expected `typ` header when set (case-insensitive, `application/` prefix allowed). */
+  typ?: string;
+  clockSkewSeconds: number;
+  keys:
+    | {
+        kind: 'remote';
+        /** Resolved on first use (and on every reload): the URI may only be known after discovery. */
+        jwksUri: () => Promise<string>;
+        timeoutMs: number;
+        fetch?: typeof fetch;
+      }
+    | { kind: 'local'; jwks: { keys: JWK[] } };
+}
+
+/** `typ` values accepted when none is configured (RFC 8725 §3.11, RFC 9068 §2.1), after normalization. */
+const DEFAULT_TYPS = new Set(['jwt', 'at+jwt']);
+/** Upper bound on a JWKS document. */
+const MAX_JWKS_BYTES = 512 * 1024;
+/** RFC 7515 compact serialization: exactly three base64url parts, signature not empty. */
+const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+$/;
+
+/** `application/at+jwt` → `at+jwt`, lower-cased (RFC 7515 §4.1.9). */
+function normalizeTyp(typ: string): string {
+  const t = typ.toLowerCase();
+  return t.startsWith('application/') ? t.slice('application/'.length) : t;
+}
+
+/** The JWKS could not be obtained: "could not ask", not "said no". */
+class JwksUnavailable extends Error {
+  override name = 'JwksUnavailable';
+}
+
+/** A cause for the log that carries jose's code and message but not the claims it may hold. */
+function sanitize(err: unknown): Error {
+  if (err instanceof joseErrors.JOSEError) {
+    const e = new Error(`${err.code}: ${err.message}`);
+    e.name = err.name;
+    const claim = (err as { claim?: unknown }).claim;
+    if (typeof claim === 'string') Object.assign(e, { claim });
+    return e;
+  }
+  if (err instanceof Error) {
+    const e = new Error(err.message);
+    e.name = err.name;
+    return e;
+  }
+  return new Error('JWT verification failed');
+}
+
+/** Reads at most `max` bytes of a response body. */
+async function readLimited(res: Response, max: number): Promise<string> {
+  if (res.body === null) return '';
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > max) {
+      await reader.cancel().catch(() => {});
+      throw new JwksUnavailable(`JWKS response larger than ${max} bytes`);
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/**
+ * Wraps fetch for jose's remote JWKS so that EVERY failure to obtain a usable key set (network,
+ * timeout, non-200, not JSON, not a JWKS) surfaces as JwksUnavailable, while a key set that was
+ * fetched but has no matching key stays a verification failure.
+ */
+function jwksFetch(fetchImpl: typeof fetch) {
+  return async (
+    url: string,
+    init: { headers: Headers; method: 'GET'; redirect: 'manual'; signal: AbortSignal },
+  ) => {
+    let res: Response;
+    let text: string;
+    try {
+      res = await fetchImpl(url, init);
+      if (res.status !== 200) {
+        await res.body?.cancel().catch(() => {});
+        throw new JwksUnavailable(`JWKS endpoint answered HTTP ${res.status}`);
+      }
+      text = await readLimited(res, MAX_JWKS_BYTES);
+    } catch (err) {
+      if (err instanceof JwksUnavailable) throw err;
+      const e = err as Error;
+      const code = (e.cause as NodeJS.ErrnoException | undefined)?.code;
+      throw new JwksUnavailable(
+        e.name === 'TimeoutError' || e.name === 'AbortError'
+          ? 'JWKS request timed out'
+          : `JWKS request failed${code ? ` (${code})` : ''}`,
+        { cause: err },
+      );
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      throw new JwksUnavailable('JWKS response is not JSON');
+    }
+    const keys = (json as { keys?: unknown } | null)?.keys;
+    if (
+      !Array.isArray(keys) ||
+      !keys.every((k) => typeof k === 'object' && k !== null && !Array.isArray(k))
+    ) {
+      throw new JwksUnavailable('JWKS response is not a JWK Set');
+    }
+    return new Response(text, { status: 200, headers: { 'content-type': 'application/json' } });
+  };
+}
+
+/**
+ * JWT verification per RFC 8725 / RFC 9068 for JWTs the gateway receives from the token service
+ * (or reads back from its cache). jose never follows `jku`, `x5u`, `jwk` or `x5c`: the key comes
+ * only from the configured key set.
+ */
+export function createJwtVerifier(opts: JwtVerifierOptions): JwtVerifier {
+  const algorithms = opts.algorithms.filter((a) => a !== 'none' && !/^HS/i.test(a));
+  if (algorithms.length === 0)
+    throw new Error('no usable JWS algorithm in the allow-list (none and HS* are never allowed)');
+  const allowed = new Set(algorithms);
+  const expectedTyp = opts.typ === undefined ? undefined : normalizeTyp(opts.typ);
+
+  let getKey: JWTVerifyGetKey;
+  const keys = opts.keys;
+  if (keys.kind === 'local') {
+    getKey = createLocalJWKSet({ keys: keys.jwks.keys });
+  } else {
+    const fetchImpl = keys.fetch ?? globalThis.fetch;
+    let current: { uri: string; set: ReturnType<typeof createRemoteJWKSet> } | undefined;
+    getKey = async (header: JWSHeaderParameters, token) => {
+      // The URI provider may throw TokenServiceUnavailable (metadata unknown): passed through.
+      let uri: string;
+      try {
+        uri = await keys.jwksUri();
+      } catch (err) {
+        if (err instanceof TokenServiceUnavailable) throw err;
+        // e.g. the metadata has no jwks_uri: the token service's answer is unusable, not the token.
+        throw new TokenServiceUnavailable('bad_answer', err);
+      }
+      if (current === undefined || current.uri !== uri) {
+        current = {
+          uri,
+          set: createRemoteJWKSet(new URL(uri), {
+            timeoutDuration: Math.max(1, Math.round(keys.timeoutMs)),
+            cooldownDuration: 30_000,
+            cacheMaxAge: 600_000,
+            [customFetch]: jwksFetch(fetchImpl),
+          }),
+        };
+      }
+      return current.set(header, token);
+    };
+  }
+
+  function refuse(cause: unknown): never {
+    throw new InvalidToken('jwt_invalid', 'The access token is invalid or expired', sanitize(cause));
+  }
+
+  return {
+    async verify(jwt: string): Promise<VerifiedJwt> {
+      // Structural checks first: no key lookup (and no JWKS fetch) for junk.
+      if (typeof jwt !== 'string' || !COMPACT_JWS.test(jwt)) {
+        refuse(new Error('not a JWS in compact serialization (JWE and unsecured JWTs are refused)'));
+      }
+      let header: JWSHeaderParameters;
+      try {
+        header = decodeProtectedHeader(jwt) as JWSHeaderParameters;
+      } catch (err) {
+        refuse(err);
+      }
+      if (typeof header.alg !== 'string' || !allowed.has(header.alg)) {
+        refuse(new Error(`algorithm ${JSON.stringify(header.alg)} is not allowed`));
+      }
+      if ('enc' in header) refuse(new Error('JWE header members are not allowed'));
+      if (typeof header.cty === 'string' && normalizeTyp(header.cty) === 'jwt') {
+        refuse(new Error('nested JWTs are not accepted'));
+      }
+      const typ = header.typ;
+      if (expectedTyp !== undefined) {
+        if (typeof typ !== 'string' || normalizeTyp(typ) !== expectedTyp) {
+          refuse(new Error(`unexpected "typ" header ${JSON.stringify(typ)}`));
+        }
+      } else if (typ !== undefined && (typeof typ !== 'string' || !DEFAULT_TYPS.has(normalizeTyp(typ)))) {
+        refuse(new Error(`unexpected "typ" header ${JSON.stringify(typ)}`));
+      }
+
+      let payload: JWTPayload;
+      try {
+        ({ payload } = await jwtVerify(jwt, getKey, {
+          algorithms,
+          issuer: opts.issuer,
+          ...(opts.audience !== undefined ? { audience: opts.audience } : {}),
+          requiredClaims: ['exp'],
+          clockTolerance: opts.clockSkewSeconds,
+        }));
+      } catch (err) {
+        if (err instanceof TokenServiceUnavailable) throw err;
+        if (err instanceof JwksUnavailable || err instanceof joseErrors.JWKSTimeout) {
+          throw new TokenServiceUnavailable('unreachable', err);
+        }
+        refuse(err);
+      }
+      if (typeof payload.exp !== 'number') refuse(new Error('"exp" claim is required'));
+      return { jwt, claims: payload, exp: payload.exp };
+    },
+  };
+}

@@ -1,0 +1,194 @@
+import { readFileSync } from 'node:fs';
+import http, { type IncomingMessage, type Server } from 'node:http';
+import https from 'node:https';
+import type { Duplex } from 'node:stream';
+import { createGateway, type Gateway, StartupConfigError } from './app.ts';
+import { loadConfig } from './config/load-config.ts';
+import { ConfigError } from './config/parse-config.ts';
+import type { Config } from './config/schema.ts';
+import { describeError } from './errors/error-handler.ts';
+import { createLogger, type Logger } from './observability/logger.ts';
+
+/** Exit codes of SPEC §2. */
+export const EXIT = { ok: 0, config: 1, startup: 2 } as const;
+
+export interface RunningGateway {
+  gateway: Gateway;
+  publicServer: Server;
+  adminServer: Server | undefined;
+  /** Stop accepting, let in-flight requests finish (up to the grace period), close Redis. */
+  shutdown(): Promise<void>;
+}
+
+/** Builds the public server (http, or https with optional client certificates). */
+function createPublicServer(config: Config): Server {
+  const tls = config.listen.tls;
+  const serverOpts = { headersTimeout: 15_000, requestTimeout: 300_000, keepAliveTimeout: 5_000 };
+  if (tls === undefined) return http.createServer(serverOpts);
+  return https.createServer({
+    ...serverOpts,
+    cert: readFileSync(tls.certFile),
+    key: readFileSync(tls.keyFile),
+    ...(tls.clientCaFile
+      ? { ca: readFileSync(tls.clientCaFile), requestCert: true, rejectUnauthorized: false }
+      : {}),
+  }) as unknown as Server;
+}
+
+function listen(server: Server, port: number, host: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+function portOf(server: Server): number {
+  const a = server.address();
+  return a !== null && typeof a === 'object' ? a.port : 0;
+}
+
+/**
+ * Starts the gateway from a parsed configuration. Throws StartupConfigError (exit 1) or a
+ * startup error (exit 2: port in use, token service required at startup but unreachable).
+ */
+export async function startGateway(config: Config, logger: Logger): Promise<RunningGateway> {
+  const gateway = await createGateway(config, { logger });
+  if (config.tokenService.requireAtStartup) {
+    try {
+      await gateway.metadata.start();
+    } catch (err) {
+      await gateway.close();
+      throw Object.assign(
+        new Error('token service discovery failed at startup (tokenService.requireAtStartup is true)'),
+        {
+          cause: err,
+        },
+      );
+    }
+  } else {
+    gateway.metadata.start().catch(() => {
+      /* logged by the metadata module; retried in the background */
+    });
+  }
+
+  let publicServer: Server;
+  try {
+    publicServer = createPublicServer(config);
+  } catch (err) {
+    await gateway.close();
+    throw new StartupConfigError(
+      `listen.tls: cannot read certificate or key (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+    );
+  }
+  publicServer.on('request', gateway.app);
+  publicServer.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    // Run the same pipeline; forward() sees `upgradeSocket` and hands the socket to the proxy.
+    const res = new http.ServerResponse(req) as http.ServerResponse & {
+      upgradeSocket?: Duplex;
+      upgradeHead?: Buffer;
+    };
+    res.assignSocket(socket as never);
+    res.upgradeSocket = socket;
+    res.upgradeHead = head;
+    gateway.app(req as never, res as never);
+  });
+  publicServer.on('clientError', (_err, socket) => {
+    if (socket.writable)
+      socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+    else socket.destroy();
+  });
+
+  const adminServer = config.admin.port === 0 ? undefined : http.createServer(gateway.admin);
+  try {
+    await listen(publicServer, config.listen.port, config.listen.host);
+    if (adminServer) await listen(adminServer, config.admin.port, config.admin.host);
+  } catch (err) {
+    publicServer.close();
+    await gateway.close();
+    throw err;
+  }
+  logger.info(
+    {
+      listen: `${config.listen.host}:${portOf(publicServer)}`,
+      admin: adminServer ? `${config.admin.host}:${portOf(adminServer)}` : 'disabled',
+      mode: config.tokenService.mode,
+      routes: config.routes.length,
+      redis: config.cache.redis ? 'configured' : 'disabled',
+    },
+    'phantom-gateway listening',
+  );
+
+  let stopping: Promise<void> | undefined;
+  const shutdown = () => {
+    stopping ??= (async () => {
+      logger.info(
+        { graceSeconds: config.shutdownGraceSeconds },
+        'shutting down: draining in-flight requests',
+      );
+      const closed = new Promise<void>((resolve) => publicServer.close(() => resolve()));
+      publicServer.closeIdleConnections();
+      adminServer?.close();
+      const grace = new Promise<void>((resolve) =>
+        setTimeout(resolve, config.shutdownGraceSeconds * 1000).unref(),
+      );
+      await Promise.race([closed, grace]);
+      publicServer.closeAllConnections();
+      adminServer?.closeAllConnections();
+      await gateway.close();
+      logger.info('shutdown complete');
+    })();
+    return stopping;
+  };
+  return { gateway, publicServer, adminServer, shutdown };
+}
+
+/** `phantom-gateway serve`: returns the process exit code. */
+export async function serve(configFile: string): Promise<number> {
+  const logger = createLogger();
+  let config: Config;
+  try {
+    const loaded = loadConfig(configFile);
+    config = loaded.config;
+    for (const w of loaded.warnings) logger.warn({ configFile }, w);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`${err.message}\n`);
+      return EXIT.config;
+    }
+    throw err;
+  }
+  let running: RunningGateway;
+  try {
+    running = await startGateway(config, logger);
+  } catch (err) {
+    if (err instanceof StartupConfigError) {
+      logger.error({ configFile }, err.message);
+      process.stderr.write(`${configFile}: ${err.message}\n`);
+      logger.flush();
+      return EXIT.config;
+    }
+    logger.error({ err: describeError(err) }, 'startup failed');
+    process.stderr.write(
+      `startup failed: ${(err as Error).message}${(err as NodeJS.ErrnoException).code ? ` (${(err as NodeJS.ErrnoException).code})` : ''}\n`,
+    );
+    logger.flush();
+    return EXIT.startup;
+  }
+  return new Promise<number>((resolve) => {
+    const onSignal = (signal: string) => {
+      logger.info({ signal }, 'signal received');
+      running.shutdown().then(
+        () => resolve(EXIT.ok),
+        (err) => {
+          logger.error({ err: describeError(err) }, 'error during shutdown');
+          resolve(EXIT.ok);
+        },
+      );
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  });
+}

@@ -1,0 +1,38 @@
+import type { Response } from 'express';
+import type { ReasonCode } from '../errors/reason-codes.ts';
+import type { CompiledRoute } from '../routing/route-table.ts';
+
+/** Where the JWT of a request came from (access log `cache` field). */
+export type CacheLevel = 'l1' | 'l2' | 'introspection' | 'none';
+
+/** The token after stage 4: a verified JWT and its claims. */
+export interface ResolvedToken {
+  jwt: string;
+  claims: Record<string, unknown>;
+  exp: number;
+  source: Exclude<CacheLevel, 'none'>;
+}
+
+/**
+ * The one typed object the stages hand on (as Oathkeeper's session): each stage reads what the
+ * previous ones wrote and adds its own result. Lives at `res.locals.gateway`.
+ */
+export interface GatewayContext {
+  requestId: string;
+  startedAt: bigint;
+  route?: CompiledRoute;
+  /** The opaque token (stage 3). Never logged, never rendered. */
+  token?: string;
+  resolved?: ResolvedToken;
+  reason?: ReasonCode;
+  cache: CacheLevel;
+  tokenServiceMs?: number;
+  upstreamMs?: number;
+  /** Set by forward when an upstream timer fired, so the error maps to 504, not 502. */
+  upstreamTimedOut?: boolean;
+}
+
+/** The request's gateway context (created by the request-id stage). */
+export function ctx(res: Response): GatewayContext {
+  return res.locals['gateway'] as GatewayContext;
+}

@@ -1,0 +1,21 @@
+import { randomUUID } from 'node:crypto';
+import type { NextFunction, Request, Response } from 'express';
+import type { GatewayContext } from './context.ts';
+
+const VALID_ID = /^[\x21-\x7e]{1,128}$/;
+
+/**
+ * Stage 1: accept the client's `X-Request-Id` when it is 1–128 visible ASCII characters, else
+ * mint one; it is echoed on the response and sent to the token service and the upstream.
+ */
+export function createRequestId() {
+  return function requestId(req: Request, res: Response, next: NextFunction): void {
+    const incoming = req.headers['x-request-id'];
+    const id = typeof incoming === 'string' && VALID_ID.test(incoming) ? incoming : randomUUID();
+    req.headers['x-request-id'] = id;
+    res.setHeader('X-Request-Id', id);
+    const context: GatewayContext = { requestId: id, startedAt: process.hrtime.bigint(), cache: 'none' };
+    res.locals['gateway'] = context;
+    next();
+  };
+}

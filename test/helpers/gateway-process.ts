@@ -1,0 +1,149 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { stringify } from 'yaml';
+import { freePort } from './free-port.ts';
+
+export const ROOT = resolve(import.meta.dirname, '../..');
+export const BIN = join(ROOT, 'bin/phantom-gateway');
+
+/** Every line any gateway process printed in this test run (for leak checks). */
+export const allGatewayOutput: string[] = [];
+
+export interface GatewayProcess {
+  url: string;
+  adminUrl: string;
+  port: number;
+  adminPort: number;
+  pid: number;
+  /** stdout + stderr so far. */
+  output(): string;
+  /** Parsed JSON log lines so far. */
+  logs(): Array<Record<string, unknown>>;
+  /** SIGTERM and wait for exit; returns the exit code. */
+  stop(): Promise<number | null>;
+  exited: Promise<number | null>;
+}
+
+/** Waits (bounded) until `predicate` is true, polling every 20 ms. */
+export async function waitFor(
+  predicate: () => boolean | Promise<boolean>,
+  timeoutMs = 10_000,
+  what = 'condition',
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await predicate()) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+/** Runs the CLI to completion (bounded) and returns its exit code and output. */
+export function runCli(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  timeoutMs = 20_000,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(BIN, args, {
+      cwd: ROOT,
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`CLI ${args.join(' ')} did not finish in ${timeoutMs} ms`));
+    }, timeoutMs);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      allGatewayOutput.push(stdout, stderr);
+      resolvePromise({ code, stdout, stderr });
+    });
+  });
+}
+
+/**
+ * Writes `config` (a plain object; listen/admin ports filled with free ports when absent) to a
+ * temp YAML file and starts the real gateway process (`bin/phantom-gateway serve`). Resolves
+ * once it logged "phantom-gateway listening".
+ */
+export async function startGateway(
+  config: Record<string, unknown>,
+  opts: { env?: NodeJS.ProcessEnv; waitForListening?: boolean } = {},
+): Promise<GatewayProcess> {
+  const port = await freePort();
+  const adminPort = await freePort();
+  const cfg = structuredClone(config);
+  cfg['listen'] = { host: '127.0.0.1', port, ...(cfg['listen'] as object | undefined) };
+  cfg['admin'] = { host: '127.0.0.1', port: adminPort, ...(cfg['admin'] as object | undefined) };
+  const dir = mkdtempSync(join(tmpdir(), 'phantom-gw-'));
+  const file = join(dir, 'gateway.yaml');
+  writeFileSync(file, stringify(cfg));
+  const child: ChildProcess = spawn(BIN, ['serve', '--config', file], {
+    cwd: ROOT,
+    env: { ...process.env, LOG_LEVEL: 'debug', ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  const onData = (d: Buffer) => {
+    out += d.toString();
+  };
+  child.stdout!.on('data', onData);
+  child.stderr!.on('data', onData);
+  const exited = new Promise<number | null>((r) =>
+    child.once('exit', (code) => {
+      allGatewayOutput.push(out);
+      rmSync(dir, { recursive: true, force: true });
+      r(code);
+    }),
+  );
+  let done = false;
+  void exited.then(() => (done = true));
+  const parsed = () =>
+    out
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => {
+        try {
+          return JSON.parse(l) as Record<string, unknown>;
+        } catch {
+          return {};
+        }
+      });
+  const gp: GatewayProcess = {
+    url: `http://127.0.0.1:${port}`,
+    adminUrl: `http://127.0.0.1:${adminPort}`,
+    port,
+    adminPort,
+    pid: child.pid!,
+    output: () => out,
+    logs: parsed,
+    exited,
+    async stop() {
+      if (!done) {
+        child.kill('SIGTERM');
+        const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
+        const code = await exited;
+        clearTimeout(t);
+        return code;
+      }
+      return exited;
+    },
+  };
+  if (opts.waitForListening !== false) {
+    try {
+      await waitFor(() => done || out.includes('phantom-gateway listening'), 20_000, 'gateway to listen');
+    } catch (err) {
+      child.kill('SIGKILL');
+      throw err;
+    }
+    if (done) throw new Error(`gateway exited during startup:\n${out}`);
+  }
+  return gp;
+}

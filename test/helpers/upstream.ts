@@ -1,0 +1,93 @@
+import http, { type IncomingHttpHeaders, type Server } from 'node:http';
+
+export interface RecordedRequest {
+  method: string;
+  url: string;
+  headers: IncomingHttpHeaders;
+  rawHeaders: string[];
+  bodyLength: number;
+  body: Buffer;
+}
+
+export interface EchoUpstream {
+  url: string;
+  port: number;
+  requests: RecordedRequest[];
+  /** What the next requests get; 'echo' answers 200 with a JSON summary of the request. */
+  behaviour: 'echo' | 'hang' | 'reset' | { slowMs: number } | { streamBytes: number };
+  close(): Promise<void>;
+}
+
+/**
+ * A real HTTP upstream on a free loopback port that records every request it receives (what
+ * the gateway forwarded) and answers per `behaviour`.
+ */
+export async function startEchoUpstream(): Promise<EchoUpstream> {
+  const requests: RecordedRequest[] = [];
+  const up: EchoUpstream = {
+    url: '',
+    port: 0,
+    requests,
+    behaviour: 'echo',
+    close: async () => {},
+  };
+  const server: Server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const rec = {
+        method: req.method!,
+        url: req.url!,
+        headers: req.headers,
+        rawHeaders: req.rawHeaders,
+        bodyLength: body.length,
+        body,
+      };
+      requests.push(rec);
+      const b = up.behaviour;
+      if (b === 'hang') return;
+      if (b === 'reset') {
+        req.socket.destroy();
+        return;
+      }
+      if (typeof b === 'object' && 'streamBytes' in b) {
+        res.writeHead(200, { 'Content-Type': 'application/octet-stream' });
+        let left = b.streamBytes;
+        const chunk = Buffer.alloc(64 * 1024, 0x61);
+        const pump = () => {
+          while (left > 0) {
+            const n = Math.min(left, chunk.length);
+            left -= n;
+            if (!res.write(chunk.subarray(0, n))) return void res.once('drain', pump);
+          }
+          res.end();
+        };
+        pump();
+        return;
+      }
+      const send = () => {
+        const text = JSON.stringify({
+          method: rec.method,
+          url: rec.url,
+          headers: rec.headers,
+          bodyLength: rec.bodyLength,
+        });
+        res.writeHead(200, { 'Content-Type': 'application/json', 'X-Upstream': 'echo' });
+        res.end(text);
+      };
+      if (typeof b === 'object' && 'slowMs' in b) setTimeout(send, b.slowMs);
+      else send();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const addr = server.address() as { port: number };
+  up.port = addr.port;
+  up.url = `http://127.0.0.1:${addr.port}`;
+  up.close = () =>
+    new Promise((r) => {
+      server.close(() => r());
+      server.closeAllConnections();
+    });
+  return up;
+}
