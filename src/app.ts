@@ -7,7 +7,7 @@ import { createRedisStore, type RedisStore } from './cache/redis-store.ts';
 import { createTieredCache } from './cache/tiered-cache.ts';
 import type { Config } from './config/schema.ts';
 import { createErrorHandler } from './errors/error-handler.ts';
-import { createIntrospectionClient } from './introspection/introspection-client.ts';
+import { createIntrospectionClient, type IntrospectionClient } from './introspection/introspection-client.ts';
 import {
   createTokenServiceMetadata,
   type TokenServiceMetadata,
@@ -62,8 +62,14 @@ export async function createGateway(
     throw new StartupConfigError((err as Error).message);
   }
 
-  const metadata = createTokenServiceMetadata(config, { logger });
-  const introspection = createIntrospectionClient(config, { metadata, logger });
+  let metadata: TokenServiceMetadata;
+  let introspection: IntrospectionClient;
+  try {
+    metadata = createTokenServiceMetadata(config, { logger });
+    introspection = createIntrospectionClient(config, { metadata, logger });
+  } catch (err) {
+    throw new StartupConfigError((err as Error).message);
+  }
 
   let verifier: JwtVerifier;
   let signingKeys: SigningKeys | undefined;

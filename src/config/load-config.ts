@@ -3,9 +3,9 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { parseDocument, type YAMLError } from 'yaml';
 import {
+  ConfigError,
   type ConfigPath,
   type ConfigProblem,
-  ConfigError,
   checkConfig,
   formatPath,
   formatProblem,

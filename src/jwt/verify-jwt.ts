@@ -3,11 +3,11 @@ import {
   createRemoteJWKSet,
   customFetch,
   decodeProtectedHeader,
-  errors as joseErrors,
   type JWK,
   type JWSHeaderParameters,
   type JWTPayload,
   type JWTVerifyGetKey,
+  errors as joseErrors,
   jwtVerify,
 } from 'jose';
 import { InvalidToken, TokenServiceUnavailable } from '../errors/gateway-errors.ts';

@@ -47,6 +47,7 @@ export interface ForwardOptions {
 export function rewriteRequestHeaders(
   req: IncomingMessage,
   jwt: string | undefined,
+  requestId: string,
   opts: { trustProxyHeaders: boolean; tls: boolean; upgrade: boolean },
 ): void {
   const h = req.headers;
@@ -75,6 +76,7 @@ export function rewriteRequestHeaders(
     h['x-forwarded-proto'] = proto;
     h['x-forwarded-host'] = host;
   }
+  h['x-request-id'] = requestId;
   if (jwt === undefined) delete h.authorization;
   else h.authorization = `Bearer ${jwt}`;
   if (upgrade !== undefined) {
@@ -106,7 +108,7 @@ export function createForward(routes: readonly CompiledRoute[], opts: ForwardOpt
     const route = c.route!;
     const { path, query } = splitTarget(req.url);
     req.url = upstreamPath(route, path, query);
-    rewriteRequestHeaders(req, c.resolved?.jwt, {
+    rewriteRequestHeaders(req, c.resolved?.jwt, c.requestId, {
       trustProxyHeaders: opts.trustProxyHeaders,
       tls: opts.tls,
       upgrade: isUpgrade(req),

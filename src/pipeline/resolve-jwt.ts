@@ -23,6 +23,14 @@ export interface ResolveDeps {
   now?: () => number;
 }
 
+/** RFC 7662 `token_type` values that denote an access token (RFC 6749 §7.1 types, RFC 8693 name). */
+const ACCESS_TOKEN_TYPES = new Set([
+  'bearer',
+  'dpop',
+  'access_token',
+  'urn:ietf:params:oauth:token-type:access_token',
+]);
+
 type Outcome = { kind: 'active'; entry: CacheEntry } | { kind: 'inactive' };
 
 /**
@@ -47,13 +55,19 @@ export function createJwtResolver(deps: ResolveDeps) {
       token,
       traceparent ? { requestId, traceparent } : { requestId },
     );
+    const negTtl = config.cache.negativeTtlSeconds;
     if (!answer.active) {
-      const negTtl = config.cache.negativeTtlSeconds;
       if (negTtl > 0) deps.cache.setInactive(key, negTtl);
       return { kind: 'inactive' };
     }
     let verified: VerifiedJwt;
     if (config.tokenService.mode === 'mint') {
+      // Only access tokens become JWTs: a refresh token presented as a bearer token is refused.
+      const type = answer.claims['token_type'];
+      if (typeof type === 'string' && !ACCESS_TOKEN_TYPES.has(type.toLowerCase())) {
+        if (negTtl > 0) deps.cache.setInactive(key, negTtl);
+        return { kind: 'inactive' };
+      }
       verified = await deps.minter!.mint(answer.claims, route.audience);
     } else {
       if (answer.jwt === undefined)
