@@ -45,6 +45,13 @@ function listen(server: Server, port: number, host: string): Promise<void> {
   });
 }
 
+/** Resolves when every socket in the set has closed. */
+function allClosed(sockets: Set<Duplex>): Promise<void> {
+  return Promise.all([...sockets].map((s) => new Promise<void>((r) => s.once('close', () => r())))).then(
+    () => {},
+  );
+}
+
 function portOf(server: Server): number {
   const a = server.address();
   return a !== null && typeof a === 'object' ? a.port : 0;
@@ -84,7 +91,11 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
     );
   }
   publicServer.on('request', gateway.app);
+  // Upgraded (WebSocket) connections leave the HTTP server's bookkeeping: track them for shutdown.
+  const upgraded = new Set<Duplex>();
   publicServer.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    upgraded.add(socket);
+    socket.once('close', () => upgraded.delete(socket));
     // Run the same pipeline; forward() sees `upgradeSocket` and hands the socket to the proxy.
     const res = new http.ServerResponse(req) as http.ServerResponse & {
       upgradeSocket?: Duplex;
@@ -134,9 +145,10 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
       const grace = new Promise<void>((resolve) =>
         setTimeout(resolve, config.shutdownGraceSeconds * 1000).unref(),
       );
-      await Promise.race([closed, grace]);
+      await Promise.race([upgraded.size === 0 ? closed : Promise.all([closed, allClosed(upgraded)]), grace]);
       publicServer.closeAllConnections();
       adminServer?.closeAllConnections();
+      for (const socket of upgraded) socket.destroy();
       await gateway.close();
       logger.info('shutdown complete');
     })();

@@ -5,6 +5,8 @@ export interface RecordedRequest {
   url: string;
   headers: IncomingHttpHeaders;
   rawHeaders: string[];
+  /** The client port of the connection that carried the request (keep-alive reuse). */
+  remotePort: number;
   bodyLength: number;
   body: Buffer;
 }
@@ -37,6 +39,7 @@ export async function startEchoUpstream(): Promise<EchoUpstream> {
     req.on('end', () => {
       const body = Buffer.concat(chunks);
       const rec = {
+        remotePort: req.socket.remotePort ?? 0,
         method: req.method!,
         url: req.url!,
         headers: req.headers,
