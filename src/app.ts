@@ -1,10 +1,15 @@
 import express, { type Express } from 'express';
 import { createAdminApp } from './admin/admin-app.ts';
 import type { CacheEntry } from './cache/cache-entry.ts';
+import { createCacheEvents } from './cache/cache-events.ts';
 import { createCacheKeyer, resolveCacheSecret } from './cache/cache-key.ts';
+import { type CacheMetrics, createCacheMetrics } from './cache/cache-metrics.ts';
+import { createCoalescer } from './cache/coalescer.ts';
 import { createMemoryCache } from './cache/memory-cache.ts';
 import { createRedisStore, type RedisStore } from './cache/redis-store.ts';
+import { createRevocation, type Revocation, subjectTag } from './cache/revocation.ts';
 import { createTieredCache } from './cache/tiered-cache.ts';
+import { createValueCipher } from './cache/value-crypto.ts';
 import type { Config } from './config/schema.ts';
 import { createErrorHandler } from './errors/error-handler.ts';
 import { createIntrospectionClient, type IntrospectionClient } from './introspection/introspection-client.ts';
@@ -22,7 +27,7 @@ import { createExtractToken } from './pipeline/extract-token.ts';
 import { createForward } from './pipeline/forward.ts';
 import { createMatchRoute } from './pipeline/match-route.ts';
 import { createRequestId } from './pipeline/request-id.ts';
-import { createJwtResolver } from './pipeline/resolve-jwt.ts';
+import { cacheVariant, createJwtResolver } from './pipeline/resolve-jwt.ts';
 import { RouteTable } from './routing/route-table.ts';
 
 /** Thrown while wiring the gateway when the configuration points at something unusable (exit 1). */
@@ -37,6 +42,9 @@ export interface Gateway {
   admin: Express;
   metadata: TokenServiceMetadata;
   redis: RedisStore | undefined;
+  /** The cache's counters (exposed by /metrics in the operations issue). */
+  metrics: CacheMetrics;
+  revocation: Revocation;
   /** Stops background work and closes Redis and upstream connections. */
   close(): Promise<void>;
 }
@@ -111,26 +119,43 @@ export async function createGateway(
   }
 
   const redis = config.cache.redis ? createRedisStore(config.cache.redis, { logger }) : undefined;
+  const keyer = createCacheKeyer(secret);
+  const metrics = createCacheMetrics();
+  const table = new RouteTable(config);
   const cache = createTieredCache({
     memory: createMemoryCache({ maxEntries: config.cache.memory.maxEntries }),
     ...(redis ? { redis } : {}),
+    cipher: createValueCipher(secret),
+    metrics,
+    variants: [...new Set(['', ...table.routes.map((r) => cacheVariant(config, r.audience))])],
     clockSkewSeconds: config.jwt.clockSkewSeconds,
     maxTtlSeconds: config.cache.maxTtlSeconds,
     revive: async (jwt: string): Promise<CacheEntry | undefined> => {
       try {
         const v = await verifier.verify(jwt);
-        return { jwt: v.jwt, claims: v.claims as Record<string, unknown>, exp: v.exp };
+        const claims = v.claims as Record<string, unknown>;
+        const entry: CacheEntry = { jwt: v.jwt, claims, exp: v.exp };
+        if (typeof claims['sub'] === 'string' && claims['sub'] !== '')
+          entry.subTag = subjectTag(keyer, claims['sub']);
+        return entry;
       } catch {
         return undefined;
       }
     },
   });
+  const events = createCacheEvents(
+    redis,
+    config.cache.revocation.channel ?? `${config.cache.redis?.keyPrefix ?? ''}events`,
+    logger,
+  );
+  const coalescer = createCoalescer({ redis, events, metrics, timeoutMs: config.tokenService.timeoutMs });
+  const revocation = createRevocation({ cache, events, keyer, metrics, logger });
 
-  const table = new RouteTable(config);
   const resolver = createJwtResolver({
     config,
     cache,
-    cacheKey: createCacheKeyer(secret),
+    coalescer,
+    keyer,
     introspection,
     verifier,
     ...(minter ? { minter } : {}),
@@ -158,6 +183,9 @@ export async function createGateway(
   app.use(createErrorHandler({ realm, logger }));
 
   const admin = createAdminApp({
+    logger,
+    revocation,
+    ...(config.admin.token !== undefined ? { adminToken: config.admin.token } : {}),
     ready: () => metadata.ready(),
     redisState: () => (redis ? redis.state() : 'disabled'),
     ...(signingKeys ? { jwks: signingKeys.publicJwks } : {}),
@@ -168,6 +196,8 @@ export async function createGateway(
     admin,
     metadata,
     redis,
+    metrics,
+    revocation,
     async close() {
       metadata.stop();
       forward.close();

@@ -1,14 +1,35 @@
-import express, { type Express } from 'express';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import express, { type Express, type Request, type Response } from 'express';
+import type { Revocation } from '../cache/revocation.ts';
+import { describeError } from '../errors/error-handler.ts';
+import type { Logger } from '../observability/logger.ts';
+
+/** Constant-time comparison of a presented bearer credential with the configured admin token. */
+export function adminTokenMatches(header: string | undefined, expected: string): boolean {
+  const m = /^Bearer +([^ ]+)$/i.exec(header ?? '');
+  if (m === null) return false;
+  // Hash both so the comparison is constant-time whatever the lengths.
+  const a = createHash('sha256').update(m[1]!).digest();
+  const b = createHash('sha256').update(expected).digest();
+  return timingSafeEqual(a, b);
+}
+
+function adminError(res: Response, status: number, error: string, description: string): void {
+  res.status(status).set('Cache-Control', 'no-store').json({ error, error_description: description });
+}
 
 /**
  * The admin listener (SPEC §8), never mounted on the public one: liveness, readiness (config
- * loaded + token service metadata known; Redis reported but never makes us unready) and the
- * public JWKS of minted tokens.
+ * loaded + token service metadata known; Redis reported but never makes us unready), the public
+ * JWKS of minted tokens, and the cache purge endpoint (SPEC §7).
  */
 export function createAdminApp(opts: {
   ready: () => boolean;
   redisState: () => string;
   jwks?: { keys: unknown[] };
+  adminToken?: string;
+  revocation: Revocation;
+  logger: Logger;
 }): Express {
   const admin = express();
   admin.disable('x-powered-by');
@@ -25,15 +46,57 @@ export function createAdminApp(opts: {
   });
   admin.get('/.well-known/jwks.json', (_req, res) => {
     if (opts.jwks === undefined) {
-      res
-        .status(404)
-        .json({ error: 'not_found', error_description: 'No signing keys: the gateway is not in mint mode' });
+      adminError(res, 404, 'not_found', 'No signing keys: the gateway is not in mint mode');
       return;
     }
     res.set('Cache-Control', 'public, max-age=300').json(opts.jwks);
   });
+
+  admin.post(
+    '/cache/purge',
+    express.json({ limit: '16kb', type: () => true }),
+    async (req: Request, res: Response) => {
+      if (opts.adminToken === undefined) {
+        adminError(res, 404, 'not_found', 'The purge endpoint is disabled: admin.token is not configured');
+        return;
+      }
+      if (!adminTokenMatches(req.headers.authorization, opts.adminToken)) {
+        res.set('WWW-Authenticate', 'Bearer realm="admin"');
+        adminError(res, 401, 'unauthorized', 'A valid admin bearer token is required');
+        return;
+      }
+      const body = (req.body ?? {}) as { token?: unknown; sub?: unknown };
+      const token = typeof body.token === 'string' && body.token !== '' ? body.token : undefined;
+      const sub = typeof body.sub === 'string' && body.sub !== '' ? body.sub : undefined;
+      if ((token === undefined) === (sub === undefined)) {
+        adminError(res, 400, 'invalid_request', 'The body must be {"token": "..."} or {"sub": "..."}');
+        return;
+      }
+      try {
+        const purged =
+          token !== undefined
+            ? await opts.revocation.purgeToken(token)
+            : await opts.revocation.purgeSubject(sub!);
+        opts.logger.info({ by: token !== undefined ? 'token' : 'sub', purged }, 'cache purge');
+        res.status(200).set('Cache-Control', 'no-store').json({ purged });
+      } catch (err) {
+        opts.logger.error({ err: describeError(err) }, 'cache purge failed');
+        adminError(res, 500, 'server_error', 'The purge failed');
+      }
+    },
+  );
+
+  admin.use((err: unknown, _req: Request, res: Response, _next: express.NextFunction) => {
+    const status = (err as { status?: number }).status;
+    if (status !== undefined && status >= 400 && status < 500) {
+      adminError(res, status, 'invalid_request', 'The request body is not valid JSON');
+      return;
+    }
+    opts.logger.error({ err: describeError(err) }, 'admin request failed');
+    adminError(res, 500, 'server_error', 'Internal error');
+  });
   admin.use((_req, res) => {
-    res.status(404).json({ error: 'not_found', error_description: 'Unknown admin endpoint' });
+    adminError(res, 404, 'not_found', 'Unknown admin endpoint');
   });
   return admin;
 }

@@ -6,6 +6,8 @@ export interface CacheEntry {
   claims: Record<string, unknown>;
   /** Expiry of the JWT, epoch seconds. */
   exp: number;
+  /** HMAC of the JWT's `sub` (purge by subject evicts every entry with it). */
+  subTag?: string;
 }
 
 /**

@@ -15,6 +15,8 @@ export interface MemoryCache {
   /** Remembers "this token is inactive" for `ttlSeconds` (≤ 0: not stored). */
   setInactive(key: string, ttlSeconds: number): void;
   isInactive(key: string): boolean;
+  /** Deletes every entry for which `match` is true (purge by subject); returns how many. */
+  deleteWhere(match: (entry: CacheEntry) => boolean): number;
   /** Entries held (may include expired ones not yet evicted; always ≤ maxEntries). */
   readonly size: number;
   /** Inactive verdicts held (always ≤ min(maxEntries, 10 000)). */
@@ -70,6 +72,12 @@ export function createMemoryCache(opts: { maxEntries: number; now?: () => number
     delete(key) {
       entries.delete(key);
       inactive.delete(key);
+    },
+    deleteWhere(match) {
+      const doomed: string[] = [];
+      for (const [key, slot] of entries.entries()) if (match(slot.entry)) doomed.push(key);
+      for (const key of doomed) entries.delete(key);
+      return doomed.length;
     },
     setInactive(key, ttlSeconds) {
       if (!Number.isFinite(ttlSeconds) || ttlSeconds <= 0) return;

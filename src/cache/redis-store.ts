@@ -21,9 +21,27 @@ export interface RedisStore {
   ping(): Promise<boolean>;
   /** get/set calls that did not reach Redis successfully (errors, timeouts, skipped while not ready). */
   errors(): number;
+  /**
+   * Runs any command(s) on the client under the same rules as get/set: skipped (undefined) when
+   * Redis is not usable, errors and timeouts counted and turned into undefined. Never rejects.
+   * Keys passed to `op` must already carry the key prefix (see `key`).
+   */
+  run<T>(op: (client: RedisClient) => Promise<T>): Promise<T | undefined>;
+  /** The configured key prefix + `key`. */
+  key(key: string): string;
+  /** PUBLISH; best effort (false when not delivered to Redis). */
+  publish(channel: string, message: string): Promise<boolean>;
+  /**
+   * Subscribes on a dedicated connection that resubscribes by itself after reconnects.
+   * `onMessage` must not throw (errors are logged).
+   */
+  subscribe(channel: string, onMessage: (message: string) => void): void;
   /** QUIT with a bounded wait, then disconnect. Idempotent; get/set are no-ops afterwards. */
   close(): Promise<void>;
 }
+
+/** The ioredis client type the store hands to `run`. */
+export type RedisClient = Redis;
 
 export type RedisConfig = NonNullable<Config['cache']['redis']>;
 
@@ -166,7 +184,74 @@ export function createRedisStore(cfg: RedisConfig, deps: RedisStoreDeps): RedisS
     if (consecutiveFailures >= failureThreshold && current === 'ready') setState('down');
   };
 
+  let subscriber: Redis | undefined;
+  const handlers = new Map<string, (message: string) => void>();
+
+  function ensureSubscriber(): Redis {
+    if (subscriber !== undefined) return subscriber;
+    // A subscriber connection may queue SUBSCRIBE until it is connected; ioredis resubscribes
+    // after every reconnect (autoResubscribe). It never carries request-path commands.
+    const sub = client.duplicate({
+      enableOfflineQueue: true,
+      commandTimeout: undefined,
+      connectionName: 'phantom-gateway-sub',
+    });
+    sub.on('error', (err: Error) => {
+      lastError = sanitize(describe(err));
+    });
+    sub.on('message', (channel: string, message: string) => {
+      const h = handlers.get(channel);
+      if (h === undefined) return;
+      try {
+        h(message);
+      } catch (err) {
+        logger.error({ err: sanitize(describe(err)), channel }, 'redis subscription handler failed');
+      }
+    });
+    subscriber = sub;
+    return sub;
+  }
+
   return {
+    async run<T>(op: (c: Redis) => Promise<T>): Promise<T | undefined> {
+      if (!usable()) {
+        errorCount++;
+        return undefined;
+      }
+      try {
+        const v = await op(client);
+        consecutiveFailures = 0;
+        return v;
+      } catch (err) {
+        failed(err);
+        return undefined;
+      }
+    },
+    key: (key: string) => cfg.keyPrefix + key,
+    async publish(channel, message) {
+      if (!usable()) return false;
+      try {
+        await client.publish(channel, message);
+        consecutiveFailures = 0;
+        return true;
+      } catch (err) {
+        failed(err);
+        return false;
+      }
+    },
+    subscribe(channel, onMessage) {
+      if (closed) return;
+      handlers.set(channel, onMessage);
+      ensureSubscriber()
+        .subscribe(channel)
+        .catch((err: unknown) => {
+          lastError = sanitize(describe(err));
+          logger.warn(
+            { redis: endpoint, channel, reason: lastError },
+            'redis subscribe failed; retried on reconnect',
+          );
+        });
+    },
     async get(key) {
       if (!usable()) {
         errorCount++;
@@ -208,6 +293,7 @@ export function createRedisStore(cfg: RedisConfig, deps: RedisStoreDeps): RedisS
     async close() {
       if (closed) return;
       closed = true;
+      subscriber?.disconnect();
       if (probeTimer !== undefined) clearTimeout(probeTimer);
       probeTimer = undefined;
       if (client.status === 'ready') {

@@ -1,99 +1,196 @@
 import { type CacheEntry, cacheTtlSeconds } from './cache-entry.ts';
+import type { CacheMetrics } from './cache-metrics.ts';
 import type { MemoryCache } from './memory-cache.ts';
 import type { RedisStore } from './redis-store.ts';
+import type { ValueCipher } from './value-crypto.ts';
 
-/** Turns an L2 value back into an entry (verify + decode); undefined when invalid → a miss. */
-export type Revive = (value: string) => Promise<CacheEntry | undefined>;
+/** Turns a decrypted L2 value (a JWT) back into an entry (verify + decode); undefined → a miss. */
+export type Revive = (jwt: string) => Promise<CacheEntry | undefined>;
 
-export interface TieredCacheHit {
-  entry: CacheEntry;
-  level: 'l1' | 'l2';
+/** One token's place in the cache. */
+export interface CacheRef {
+  /** HMAC-SHA-256(PHANTOM_CACHE_KEY, token), base64url: L1 key root and Redis hash tag. */
+  tag: string;
+  /** '' or a short id of the audience (mint mode keeps one JWT per audience). */
+  variant: string;
+  /** The opaque token, only to derive the value key. Never stored, never logged. */
+  token: string;
 }
 
+export type Lookup =
+  | { kind: 'hit'; entry: CacheEntry; level: 'l1' | 'l2' }
+  | { kind: 'inactive'; level: 'l1' | 'l2' }
+  | { kind: 'miss' };
+
+/**
+ * Redis key layout (before `keyPrefix`). Every key of one token shares the hash tag `{tag}`, so
+ * in a Redis Cluster they live in one slot and one MGET reads entry and verdict together.
+ */
+export const redisKeys = {
+  jwt: (tag: string, variant: string) => (variant === '' ? `{${tag}}:jwt` : `{${tag}}:jwt:${variant}`),
+  inactive: (tag: string) => `{${tag}}:neg`,
+  lock: (tag: string, variant: string) => (variant === '' ? `{${tag}}:lock` : `{${tag}}:lock:${variant}`),
+  subIndex: (subTag: string) => `sub:{${subTag}}`,
+};
+
+const l1Key = (ref: { tag: string; variant: string }) =>
+  ref.variant === '' ? ref.tag : `${ref.tag}.${ref.variant}`;
+
 export interface TieredCache {
-  /**
-   * L1, then L2. An L2 value is passed to `revive` (the creation-time one, or `opts.revive` for
-   * this call, e.g. one that decrypts with a key derived from the token); a valid result fills L1.
-   * Never rejects: a failing revive or Redis is a miss.
-   */
-  get(key: string, opts?: { revive?: Revive }): Promise<TieredCacheHit | undefined>;
-  /**
-   * Write-through: L1, then L2 (awaited, but an L2 failure is ignored). L2 stores `opts.l2Value`
-   * when given (e.g. the encrypted JWT), else `entry.jwt`. `ttlSeconds` ≤ 0: nothing is stored.
-   */
-  set(key: string, entry: CacheEntry, ttlSeconds: number, opts?: { l2Value?: string }): Promise<void>;
-  /** Removes the key from L1 (entries and inactive verdicts). L2 keys expire by TTL. */
-  delete(key: string): void;
-  /** Inactive verdicts live in L1 only (for now). */
-  setInactive(key: string, ttlSeconds: number): void;
-  isInactive(key: string): boolean;
+  /** L1 (entry, verdict), then L2 (entry, verdict) unless `l2Only`. Never rejects. */
+  lookup(ref: CacheRef, opts?: { l2Only?: boolean }): Promise<Lookup>;
+  /** L1 and L2 (encrypted) for `ttlSeconds`, plus the subject index; L2 failures ignored. */
+  store(ref: CacheRef, entry: CacheEntry, ttlSeconds: number): Promise<void>;
+  /** Remembers an inactive verdict in L1 and L2 for `ttlSeconds` (0: nothing). */
+  storeInactive(ref: CacheRef, ttlSeconds: number): Promise<void>;
+  /** Drops L1 entries of these tags (every variant) and, when given, of this subject. Returns the count. */
+  evictLocal(tags: readonly string[], subTag?: string): number;
+  /** Deletes the Redis entries of these tags (every known variant). Returns the number deleted. */
+  deleteRemote(tags: readonly string[]): Promise<number>;
+  /** The tags the subject index lists for `subTag`, removing the index. */
+  takeSubjectTags(subTag: string): Promise<string[]>;
 }
 
 export interface TieredCacheOptions {
   memory: MemoryCache;
   redis?: RedisStore;
+  cipher: ValueCipher;
   revive: Revive;
+  metrics: CacheMetrics;
+  /** Every variant a tag can have ('' and, in mint mode, one per route audience), for purges. */
+  variants: readonly string[];
   /** Epoch milliseconds (default `Date.now`). */
   now?: () => number;
-  /** Subtracted from `exp` when an L2 hit fills L1 (default 0); use the config's clock skew. */
-  clockSkewSeconds?: number;
-  /** Upper bound of the L1 TTL when an L2 hit fills L1 (default: no bound beyond `exp`). */
-  maxTtlSeconds?: number;
+  /** Subtracted from `exp` when an L2 hit fills L1. */
+  clockSkewSeconds: number;
+  /** Upper bound of any TTL; also the TTL of subject index keys (≥ every entry they index). */
+  maxTtlSeconds: number;
 }
 
 /**
- * L1 (in-process) in front of optional L2 (Redis).
- *
- * TTL of an L1 fill from an L2 hit: `cacheTtlSeconds(entry.exp, now, clockSkewSeconds,
- * maxTtlSeconds)`, i.e. derived from the JWT's own `exp` rather than from the Redis key's
- * remaining TTL (which would cost a second round trip). The Redis TTL was computed by the same
- * formula when written, so both levels let go of the entry at about the same time; L1 may hold it
- * at most `maxTtlSeconds` longer than L2 would have — never past `exp − clockSkewSeconds`.
- * When that TTL is ≤ 0 the hit is still returned (revive has just verified the JWT) but L1 is not
- * filled.
+ * L1 (in-process LRU) in front of optional L2 (Redis). L2 values are sealed with a key derived from
+ * the token (value-crypto.ts) and re-verified by `revive` before use: a value that does not open or
+ * verify is a miss, never an error. An L2 hit fills L1 with `cacheTtlSeconds(exp, …)`.
  */
 export function createTieredCache(opts: TieredCacheOptions): TieredCache {
-  const { memory, redis } = opts;
+  const { memory, redis, cipher, metrics } = opts;
   const now = opts.now ?? Date.now;
-  const skew = opts.clockSkewSeconds ?? 0;
-  const maxTtl = opts.maxTtlSeconds ?? Infinity;
+
+  async function lookupL2(ref: CacheRef): Promise<Lookup> {
+    if (redis === undefined) return { kind: 'miss' };
+    const jwtKey = redis.key(redisKeys.jwt(ref.tag, ref.variant));
+    const negKey = redis.key(redisKeys.inactive(ref.tag));
+    const got = await redis.run((c) => c.mget(jwtKey, negKey));
+    if (got === undefined) return { kind: 'miss' };
+    const [sealed, neg] = got;
+    if (neg !== null && neg !== undefined) {
+      metrics.negativeHitsL2++;
+      memory.setInactive(ref.tag, 1);
+      return { kind: 'inactive', level: 'l2' };
+    }
+    if (sealed === null || sealed === undefined) return { kind: 'miss' };
+    const jwt = cipher.open(ref.token, jwtKey, sealed);
+    let entry: CacheEntry | undefined;
+    try {
+      entry = jwt === undefined ? undefined : await opts.revive(jwt);
+    } catch {
+      entry = undefined;
+    }
+    if (entry === undefined) {
+      metrics.l2Rejected++;
+      return { kind: 'miss' };
+    }
+    const ttl = cacheTtlSeconds(
+      entry.exp,
+      Math.floor(now() / 1000),
+      opts.clockSkewSeconds,
+      opts.maxTtlSeconds,
+    );
+    if (ttl > 0) memory.set(l1Key(ref), entry, ttl);
+    metrics.hitsL2++;
+    return { kind: 'hit', entry, level: 'l2' };
+  }
 
   return {
-    async get(key, getOpts) {
-      const l1 = memory.get(key);
-      if (l1 !== undefined) return { entry: l1, level: 'l1' };
-      if (redis === undefined) return undefined;
-      const value = await redis.get(key).catch(() => undefined);
-      if (value === undefined) return undefined;
-      let entry: CacheEntry | undefined;
-      try {
-        entry = await (getOpts?.revive ?? opts.revive)(value);
-      } catch {
-        entry = undefined;
+    async lookup(ref, lookupOpts) {
+      if (lookupOpts?.l2Only !== true) {
+        const l1 = memory.get(l1Key(ref));
+        if (l1 !== undefined) {
+          metrics.hitsL1++;
+          return { kind: 'hit', entry: l1, level: 'l1' };
+        }
+        if (memory.isInactive(ref.tag)) {
+          metrics.negativeHitsL1++;
+          return { kind: 'inactive', level: 'l1' };
+        }
       }
-      if (entry === undefined) return undefined;
-      const ttl = cacheTtlSeconds(entry.exp, Math.floor(now() / 1000), skew, maxTtl);
-      if (ttl > 0) memory.set(key, entry, ttl);
-      return { entry, level: 'l2' };
+      const r = await lookupL2(ref);
+      if (r.kind === 'miss' && lookupOpts?.l2Only !== true) metrics.misses++;
+      return r;
     },
-    async set(key, entry, ttlSeconds, setOpts) {
+
+    async store(ref, entry, ttlSeconds) {
       if (!Number.isFinite(ttlSeconds) || ttlSeconds <= 0) return;
-      memory.set(key, entry, ttlSeconds);
+      memory.set(l1Key(ref), entry, ttlSeconds);
       if (redis === undefined) return;
-      try {
-        await redis.set(key, setOpts?.l2Value ?? entry.jwt, ttlSeconds);
-      } catch {
-        // RedisStore.set never rejects; a custom store might. L2 is best effort.
+      const ttl = Math.floor(ttlSeconds);
+      const jwtKey = redis.key(redisKeys.jwt(ref.tag, ref.variant));
+      const sealed = cipher.seal(ref.token, jwtKey, entry.jwt);
+      const writes: Promise<unknown>[] = [redis.run((c) => c.set(jwtKey, sealed, 'EX', ttl))];
+      if (entry.subTag !== undefined) {
+        const indexKey = redis.key(redisKeys.subIndex(entry.subTag));
+        // The index lives as long as the longest entry it may list (maxTtl ≥ every entry TTL).
+        writes.push(
+          redis.run((c) => c.multi().sadd(indexKey, ref.tag).expire(indexKey, opts.maxTtlSeconds).exec()),
+        );
       }
+      await Promise.all(writes);
     },
-    delete(key) {
-      memory.delete(key);
+
+    async storeInactive(ref, ttlSeconds) {
+      if (!Number.isFinite(ttlSeconds) || ttlSeconds <= 0) return;
+      memory.setInactive(ref.tag, ttlSeconds);
+      if (redis === undefined) return;
+      const ttl = Math.max(1, Math.floor(ttlSeconds));
+      await redis.run((c) => c.set(redis.key(redisKeys.inactive(ref.tag)), '1', 'EX', ttl));
     },
-    setInactive(key, ttlSeconds) {
-      memory.setInactive(key, ttlSeconds);
+
+    evictLocal(tags, subTag) {
+      let n = 0;
+      for (const tag of tags) {
+        for (const variant of opts.variants) {
+          const key = l1Key({ tag, variant });
+          if (memory.get(key) !== undefined) n++;
+          memory.delete(key);
+        }
+        memory.delete(tag);
+      }
+      if (subTag !== undefined) n += memory.deleteWhere((e) => e.subTag === subTag);
+      return n;
     },
-    isInactive(key) {
-      return memory.isInactive(key);
+
+    async deleteRemote(tags) {
+      if (redis === undefined || tags.length === 0) return 0;
+      let n = 0;
+      await Promise.all(
+        tags.map(async (tag) => {
+          // One tag's keys share a slot: one DEL per tag is Cluster-safe.
+          const keys = [
+            ...opts.variants.map((v) => redis.key(redisKeys.jwt(tag, v))),
+            redis.key(redisKeys.inactive(tag)),
+          ];
+          n += (await redis.run((c) => c.del(...keys))) ?? 0;
+        }),
+      );
+      return n;
+    },
+
+    async takeSubjectTags(subTag) {
+      if (redis === undefined) return [];
+      const indexKey = redis.key(redisKeys.subIndex(subTag));
+      const res = await redis.run((c) => c.multi().smembers(indexKey).del(indexKey).exec());
+      const members = res?.[0]?.[1];
+      return Array.isArray(members) ? (members as string[]) : [];
     },
   };
 }

@@ -234,7 +234,10 @@ function substituteString(
 // ---------------------------------------------------------------------------------------------
 // Warnings: allowed, but an operator should know (SPEC §3).
 
-const SECRET_KEYS: ConfigPath[] = [['tokenService', 'clientSecret']];
+const SECRET_KEYS: ConfigPath[] = [
+  ['tokenService', 'clientSecret'],
+  ['admin', 'token'],
+];
 const TOKEN_SERVICE_URLS: ConfigPath[] = [
   ['tokenService', 'issuer'],
   ['tokenService', 'introspectionEndpoint'],

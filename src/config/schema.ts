@@ -112,6 +112,8 @@ export const ConfigSchema = z.strictObject({
     .strictObject({
       host: z.string().min(1).default('127.0.0.1'),
       port: int(0, 65535).default(9090),
+      /** Bearer token for POST /cache/purge (compared in constant time); absent → endpoint answers 404. */
+      token: z.string().min(16, 'must be at least 16 characters').optional(),
     })
     .prefault({}),
   tokenService: z.strictObject({
@@ -158,6 +160,12 @@ export const ConfigSchema = z.strictObject({
       memory: z.strictObject({ maxEntries: int(1, 10_000_000).default(10_000) }).prefault({}),
       maxTtlSeconds: int(1, 86_400).default(900),
       negativeTtlSeconds: int(0, 3600).default(5),
+      revocation: z
+        .strictObject({
+          /** Pub/sub channel on which replicas announce purges and finished introspections; default `<keyPrefix>events`. */
+          channel: z.string().min(1).optional(),
+        })
+        .prefault({}),
     })
     .prefault({}),
   routes: z.array(RouteSchema).min(1, 'must define at least one route'),

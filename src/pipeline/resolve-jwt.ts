@@ -1,8 +1,11 @@
+import { createHash } from 'node:crypto';
 import type { NextFunction, Request, Response } from 'express';
-import type { CacheEntry } from '../cache/cache-entry.ts';
-import { cacheTtlSeconds } from '../cache/cache-entry.ts';
+import { type CacheEntry, cacheTtlSeconds } from '../cache/cache-entry.ts';
+import type { CacheKeyer } from '../cache/cache-key.ts';
+import type { Coalescer } from '../cache/coalescer.ts';
+import { subjectTag } from '../cache/revocation.ts';
 import { createSingleFlight } from '../cache/single-flight.ts';
-import type { TieredCache } from '../cache/tiered-cache.ts';
+import type { CacheRef, TieredCache } from '../cache/tiered-cache.ts';
 import type { Config } from '../config/schema.ts';
 import { InvalidToken, TokenServiceUnavailable } from '../errors/gateway-errors.ts';
 import type { IntrospectionClient } from '../introspection/introspection-client.ts';
@@ -14,12 +17,14 @@ import { ctx, type ResolvedToken } from './context.ts';
 export interface ResolveDeps {
   config: Config;
   cache: TieredCache;
-  cacheKey: (token: string, variant?: string) => string;
+  coalescer: Coalescer;
+  keyer: CacheKeyer;
   introspection: IntrospectionClient;
   /** accept-jwt / claim: verifies the token service's JWT. */
   verifier?: JwtVerifier;
   /** mint: signs the gateway's own JWT. */
   minter?: Minter;
+  /** Epoch seconds. */
   now?: () => number;
 }
 
@@ -31,57 +36,69 @@ const ACCESS_TOKEN_TYPES = new Set([
   'urn:ietf:params:oauth:token-type:access_token',
 ]);
 
-type Outcome = { kind: 'active'; entry: CacheEntry } | { kind: 'inactive' };
+type Outcome = { kind: 'active'; entry: CacheEntry; source: 'introspection' | 'l2' } | { kind: 'inactive' };
 
 /**
- * Opaque token → verified JWT: L1, then L2, else one introspection per token per process
- * (single-flight). In mint mode the JWT's audience depends on the route, so the cache key carries
- * the audience as a variant.
+ * The cache variant of a route: in mint mode the JWT's audience depends on the route, so each
+ * audience gets its own entry (a short hash of it: no claim value in a Redis key).
+ */
+export function cacheVariant(config: Config, audience: string): string {
+  if (config.tokenService.mode !== 'mint') return '';
+  return createHash('sha256').update(audience).digest('base64url').slice(0, 16);
+}
+
+/**
+ * Opaque token → verified JWT (SPEC §4 stage 4, §7): L1, L2, else one introspection per token —
+ * per process (single-flight) and across replicas (Redis lock, coalescer.ts).
  */
 export function createJwtResolver(deps: ResolveDeps) {
   const now = deps.now ?? (() => Date.now() / 1000);
   const flights = createSingleFlight<Outcome>();
-  const { config } = deps;
+  const { config, cache } = deps;
   const skew = config.jwt.clockSkewSeconds;
+  const negTtl = config.cache.negativeTtlSeconds;
+
+  async function inactive(ref: CacheRef): Promise<Outcome> {
+    await cache.storeInactive(ref, negTtl);
+    return { kind: 'inactive' };
+  }
 
   async function load(
-    token: string,
+    ref: CacheRef,
     route: CompiledRoute,
-    key: string,
     requestId: string,
     traceparent?: string,
   ): Promise<Outcome> {
     const answer = await deps.introspection.introspect(
-      token,
+      ref.token,
       traceparent ? { requestId, traceparent } : { requestId },
     );
-    const negTtl = config.cache.negativeTtlSeconds;
-    if (!answer.active) {
-      if (negTtl > 0) deps.cache.setInactive(key, negTtl);
-      return { kind: 'inactive' };
-    }
+    if (!answer.active) return inactive(ref);
     let verified: VerifiedJwt;
     if (config.tokenService.mode === 'mint') {
       // Only access tokens become JWTs: a refresh token presented as a bearer token is refused.
       const type = answer.claims['token_type'];
-      if (typeof type === 'string' && !ACCESS_TOKEN_TYPES.has(type.toLowerCase())) {
-        if (negTtl > 0) deps.cache.setInactive(key, negTtl);
-        return { kind: 'inactive' };
-      }
+      if (typeof type === 'string' && !ACCESS_TOKEN_TYPES.has(type.toLowerCase())) return inactive(ref);
       verified = await deps.minter!.mint(answer.claims, route.audience);
     } else {
       if (answer.jwt === undefined)
         throw new TokenServiceUnavailable('bad_answer', new Error('no JWT in the answer'));
       verified = await deps.verifier!.verify(answer.jwt);
     }
-    const entry: CacheEntry = {
-      jwt: verified.jwt,
-      claims: verified.claims as Record<string, unknown>,
-      exp: verified.exp,
-    };
+    const claims = verified.claims as Record<string, unknown>;
+    const entry: CacheEntry = { jwt: verified.jwt, claims, exp: verified.exp };
+    if (typeof claims['sub'] === 'string' && claims['sub'] !== '')
+      entry.subTag = subjectTag(deps.keyer, claims['sub']);
     const ttl = cacheTtlSeconds(entry.exp, now(), skew, config.cache.maxTtlSeconds, answer.maxAgeSeconds);
-    if (ttl > 0) await deps.cache.set(key, entry, ttl);
-    return { kind: 'active', entry };
+    if (ttl > 0) await cache.store(ref, entry, ttl);
+    return { kind: 'active', entry, source: 'introspection' };
+  }
+
+  async function fromL2(ref: CacheRef): Promise<Outcome | undefined> {
+    const r = await cache.lookup(ref, { l2Only: true });
+    if (r.kind === 'hit') return { kind: 'active', entry: r.entry, source: 'l2' };
+    if (r.kind === 'inactive') return { kind: 'inactive' };
+    return undefined;
   }
 
   /** Resolves for one request; throws InvalidToken / TokenServiceUnavailable. */
@@ -91,14 +108,21 @@ export function createJwtResolver(deps: ResolveDeps) {
     requestId: string,
     traceparent?: string,
   ): Promise<ResolvedToken & { tokenServiceMs?: number }> {
-    const key = deps.cacheKey(token, config.tokenService.mode === 'mint' ? route.audience : undefined);
-    const hit = await deps.cache.get(key);
-    if (hit !== undefined) return { ...hit.entry, source: hit.level };
-    if (deps.cache.isInactive(key)) throw new InvalidToken('token_inactive');
+    const ref: CacheRef = { tag: deps.keyer(token), variant: cacheVariant(config, route.audience), token };
+    const found = await cache.lookup(ref);
+    if (found.kind === 'hit') return { ...found.entry, source: found.level };
+    if (found.kind === 'inactive') throw new InvalidToken('token_inactive');
     const started = performance.now();
-    const outcome = await flights.run(key, () => load(token, route, key, requestId, traceparent));
+    const slot = ref.variant === '' ? ref.tag : `${ref.tag}.${ref.variant}`;
+    const outcome = await flights.run(slot, () =>
+      deps.coalescer.run(
+        ref,
+        () => load(ref, route, requestId, traceparent),
+        () => fromL2(ref),
+      ),
+    );
     if (outcome.kind === 'inactive') throw new InvalidToken('token_inactive');
-    return { ...outcome.entry, source: 'introspection', tokenServiceMs: performance.now() - started };
+    return { ...outcome.entry, source: outcome.source, tokenServiceMs: performance.now() - started };
   }
 
   return {

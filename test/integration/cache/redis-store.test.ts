@@ -2,10 +2,7 @@ import { Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import type { CacheEntry } from '../../../src/cache/cache-entry.ts';
-import { createMemoryCache } from '../../../src/cache/memory-cache.ts';
 import { createRedisStore, type RedisState, type RedisStore } from '../../../src/cache/redis-store.ts';
-import { createTieredCache } from '../../../src/cache/tiered-cache.ts';
 import { createLogger, silentLogger } from '../../../src/observability/logger.ts';
 import { type RedisServerHandle, startRedisServer } from '../../helpers/redis-server.ts';
 
@@ -146,45 +143,6 @@ describe('redis store against a real redis-server', () => {
       expect(ttl, `TTL of ${k}`).toBeGreaterThan(0);
       expect(ttl, `TTL of ${k}`).toBeLessThanOrEqual(max);
     }
-  });
-
-  it('fills L1 from L2 through the tiered cache (L1 → L2 → L1) across two replicas', async () => {
-    const storeA = await readyStore(server.url);
-    const storeB = await readyStore(server.url);
-    const exp = Math.floor(Date.now() / 1000) + 300;
-    const entry: CacheEntry = { jwt: 'header.payload.sig', claims: { sub: 'alice' }, exp };
-    const revived: string[] = [];
-    const revive = async (jwt: string) => {
-      revived.push(jwt);
-      return { jwt, claims: { sub: 'alice' }, exp };
-    };
-    const replicaA = createTieredCache({
-      memory: createMemoryCache({ maxEntries: 10 }),
-      redis: storeA,
-      revive,
-    });
-    const memoryB = createMemoryCache({ maxEntries: 10 });
-    const replicaB = createTieredCache({ memory: memoryB, redis: storeB, revive, clockSkewSeconds: 30 });
-
-    await replicaA.set('tiered-key', entry, 60);
-    expect(await replicaA.get('tiered-key')).toMatchObject({ level: 'l1' });
-    expect(revived).toEqual([]);
-
-    expect(memoryB.get('tiered-key')).toBeUndefined();
-    expect(await replicaB.get('tiered-key')).toEqual({ entry, level: 'l2' });
-    expect(revived).toEqual(['header.payload.sig']);
-    expect(memoryB.get('tiered-key')).toEqual(entry);
-    expect(await replicaB.get('tiered-key')).toMatchObject({ level: 'l1' });
-    expect(revived).toHaveLength(1);
-  });
-
-  it('treats an L2 value that revive rejects as a miss and does not fill L1', async () => {
-    const store = await readyStore(server.url);
-    await store.set('forged', 'not-a-valid-jwt', 60);
-    const memory = createMemoryCache({ maxEntries: 10 });
-    const cache = createTieredCache({ memory, redis: store, revive: async () => undefined });
-    expect(await cache.get('forged')).toBeUndefined();
-    expect(memory.size).toBe(0);
   });
 
   it('fails immediately (no waiting) before the first connection is ready', async () => {
