@@ -29,6 +29,7 @@ import { createMatchRoute } from './pipeline/match-route.ts';
 import { createRequestId } from './pipeline/request-id.ts';
 import { cacheVariant, createJwtResolver } from './pipeline/resolve-jwt.ts';
 import { RouteTable } from './routing/route-table.ts';
+import { createSsfReceiverFromConfig } from './ssf/ssf-receiver.ts';
 
 /** Thrown while wiring the gateway when the configuration points at something unusable (exit 1). */
 export class StartupConfigError extends Error {
@@ -118,7 +119,12 @@ export async function createGateway(
     });
   }
 
-  const redis = config.cache.redis ? createRedisStore(config.cache.redis, { logger }) : undefined;
+  let redis: RedisStore | undefined;
+  try {
+    redis = config.cache.redis ? createRedisStore(config.cache.redis, { logger }) : undefined;
+  } catch (err) {
+    throw new StartupConfigError((err as Error).message);
+  }
   const keyer = createCacheKeyer(secret);
   const metrics = createCacheMetrics();
   const table = new RouteTable(config);
@@ -182,7 +188,11 @@ export async function createGateway(
   );
   app.use(createErrorHandler({ realm, logger }));
 
+  // Shared Signals receiver (config.ssf): SETs from the transmitter evict a subject everywhere.
+  const ssfReceiver = createSsfReceiverFromConfig(config, { revocation, logger });
+
   const admin = createAdminApp({
+    ...(ssfReceiver ? { ssf: ssfReceiver } : {}),
     logger,
     revocation,
     ...(config.admin.token !== undefined ? { adminToken: config.admin.token } : {}),

@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import express, { type Express, type Request, type Response } from 'express';
+import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
 import type { Revocation } from '../cache/revocation.ts';
 import { describeError } from '../errors/error-handler.ts';
 import type { Logger } from '../observability/logger.ts';
@@ -21,7 +21,7 @@ function adminError(res: Response, status: number, error: string, description: s
 /**
  * The admin listener (SPEC §8), never mounted on the public one: liveness, readiness (config
  * loaded + token service metadata known; Redis reported but never makes us unready), the public
- * JWKS of minted tokens, and the cache purge endpoint (SPEC §7).
+ * JWKS of minted tokens, the cache purge endpoint (SPEC §7) and the SSF event receiver.
  */
 export function createAdminApp(opts: {
   ready: () => boolean;
@@ -30,6 +30,8 @@ export function createAdminApp(opts: {
   adminToken?: string;
   revocation: Revocation;
   logger: Logger;
+  /** The Shared Signals receiver (POST /ssf/events) when `ssf` is configured; absent → 404. */
+  ssf?: RequestHandler;
 }): Express {
   const admin = express();
   admin.disable('x-powered-by');
@@ -85,6 +87,8 @@ export function createAdminApp(opts: {
       }
     },
   );
+
+  if (opts.ssf !== undefined) admin.post('/ssf/events', opts.ssf);
 
   admin.use((err: unknown, _req: Request, res: Response, _next: express.NextFunction) => {
     const status = (err as { status?: number }).status;

@@ -8,8 +8,24 @@ import { type CacheRef, redisKeys } from './tiered-cache.ts';
 const RELEASE =
   "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
+/** Compare-and-extend: only the owner renews its lock. */
+const RENEW =
+  "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+
 /** How often a waiter re-reads L2 when no fill notification arrives (pub/sub is the fast path). */
 export const POLL_MS = 50;
+
+/**
+ * The lock's lease: a third of the timeout (at least 100 ms, at most the timeout). A live holder
+ * renews it (compare-and-extend) while its load runs, but never past `timeoutMs` after taking it;
+ * a dead holder's lock therefore expires within one lease, early enough for the waiter that takes
+ * over to finish while the others still wait (their wait is bounded by `timeoutMs`). With a lock
+ * as long as the wait, every waiter's deadline would pass together with the dead lock and each
+ * replica would introspect.
+ */
+function leaseMs(timeoutMs: number): number {
+  return Math.min(timeoutMs, Math.max(100, Math.ceil(timeoutMs / 3)));
+}
 
 export interface Coalescer {
   /**
@@ -25,7 +41,7 @@ export function createCoalescer(opts: {
   redis: RedisStore | undefined;
   events: CacheEvents;
   metrics: CacheMetrics;
-  /** The introspection timeout: lock lifetime and longest wait. */
+  /** The introspection timeout: longest lock lifetime (a renewed lease, see `leaseMs`) and longest wait. */
   timeoutMs: number;
 }): Coalescer {
   const { redis, events, metrics, timeoutMs } = opts;
@@ -36,14 +52,17 @@ export function createCoalescer(opts: {
       const slot = ref.variant === '' ? ref.tag : `${ref.tag}.${ref.variant}`;
       const owner = randomUUID();
       const deadline = Date.now() + timeoutMs;
+      const lease = leaseMs(timeoutMs);
       let contended = false;
       for (;;) {
-        const got = await redis.run((c) => c.set(lockKey, owner, 'PX', timeoutMs, 'NX'));
+        const got = await redis.run((c) => c.set(lockKey, owner, 'PX', lease, 'NX'));
         if (got === undefined) return load(); // Redis trouble: no coordination, no waiting
         if (got === 'OK') {
+          const stopRenewing = renewWhileLoading(redis, lockKey, owner, lease, Date.now() + timeoutMs);
           try {
             return await load();
           } finally {
+            stopRenewing();
             await redis.run((c) => c.eval(RELEASE, 1, lockKey, owner));
             await events.announceFill(slot);
           }
@@ -65,5 +84,42 @@ export function createCoalescer(opts: {
         }
       }
     },
+  };
+}
+
+/**
+ * Renews the holder's lock every third of a lease while its load runs, never beyond `until` (the
+ * lock then lives at most `timeoutMs` in all, as before). Stops when the lock is no longer ours.
+ * Redis trouble just skips a renewal. Returns the stop function.
+ */
+function renewWhileLoading(
+  redis: RedisStore,
+  lockKey: string,
+  owner: string,
+  lease: number,
+  until: number,
+): () => void {
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  const schedule = () => {
+    if (stopped) return;
+    timer = setTimeout(tick, Math.max(10, Math.floor(lease / 3)));
+    timer.unref();
+  };
+  const tick = () => {
+    timer = undefined;
+    const left = until - Date.now();
+    if (stopped || left <= 0) return;
+    void redis
+      .run((c) => c.eval(RENEW, 1, lockKey, owner, Math.min(lease, left)))
+      .then((renewed) => {
+        if (renewed === 0) stopped = true; // expired or taken over: nothing left to renew
+        schedule();
+      });
+  };
+  schedule();
+  return () => {
+    stopped = true;
+    if (timer !== undefined) clearTimeout(timer);
   };
 }

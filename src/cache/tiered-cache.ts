@@ -80,12 +80,19 @@ export function createTieredCache(opts: TieredCacheOptions): TieredCache {
     if (redis === undefined) return { kind: 'miss' };
     const jwtKey = redis.key(redisKeys.jwt(ref.tag, ref.variant));
     const negKey = redis.key(redisKeys.inactive(ref.tag));
-    const got = await redis.run((c) => c.mget(jwtKey, negKey));
-    if (got === undefined) return { kind: 'miss' };
-    const [sealed, neg] = got;
+    // One round trip, one snapshot: entry, verdict, and how long each still lives in Redis (an L1
+    // copy must not outlive the Redis entry: its TTL may carry a max-age cap the JWT does not show).
+    const got = await redis.run((c) => c.multi().get(jwtKey).get(negKey).pttl(jwtKey).pttl(negKey).exec());
+    if (got === undefined || got === null || got.some(([err]) => err !== null)) return { kind: 'miss' };
+    const [sealed, neg, entryPttl, negPttl] = got.map(([, v]) => v) as [
+      string | null,
+      string | null,
+      number,
+      number,
+    ];
     if (neg !== null && neg !== undefined) {
       metrics.negativeHitsL2++;
-      memory.setInactive(ref.tag, 1);
+      memory.setInactive(ref.tag, negPttl > 0 ? Math.min(1, negPttl / 1000) : 1);
       return { kind: 'inactive', level: 'l2' };
     }
     if (sealed === null || sealed === undefined) return { kind: 'miss' };
@@ -106,7 +113,9 @@ export function createTieredCache(opts: TieredCacheOptions): TieredCache {
       opts.clockSkewSeconds,
       opts.maxTtlSeconds,
     );
-    if (ttl > 0) memory.set(l1Key(ref), entry, ttl);
+    // PTTL -1 (no TTL: not written by us) leaves the JWT-based bound alone.
+    const l1Ttl = entryPttl > 0 ? Math.min(ttl, entryPttl / 1000) : ttl;
+    if (l1Ttl > 0) memory.set(l1Key(ref), entry, l1Ttl);
     metrics.hitsL2++;
     return { kind: 'hit', entry, level: 'l2' };
   }
@@ -132,8 +141,10 @@ export function createTieredCache(opts: TieredCacheOptions): TieredCache {
     async store(ref, entry, ttlSeconds) {
       if (!Number.isFinite(ttlSeconds) || ttlSeconds <= 0) return;
       memory.set(l1Key(ref), entry, ttlSeconds);
-      if (redis === undefined) return;
       const ttl = Math.floor(ttlSeconds);
+      // Redis TTLs are whole seconds: `EX 0` would be refused, count as a Redis failure and, a few
+      // in a row, open the breaker. An entry living less than a second stays in L1 only.
+      if (redis === undefined || ttl < 1) return;
       const jwtKey = redis.key(redisKeys.jwt(ref.tag, ref.variant));
       const sealed = cipher.seal(ref.token, jwtKey, entry.jwt);
       const writes: Promise<unknown>[] = [redis.run((c) => c.set(jwtKey, sealed, 'EX', ttl))];
@@ -179,7 +190,9 @@ export function createTieredCache(opts: TieredCacheOptions): TieredCache {
             ...opts.variants.map((v) => redis.key(redisKeys.jwt(tag, v))),
             redis.key(redisKeys.inactive(tag)),
           ];
-          n += (await redis.run((c) => c.del(...keys))) ?? 0;
+          // Await first: `n += await …` would read `n` before the await and lose concurrent counts.
+          const deleted = await redis.run((c) => c.del(...keys));
+          n += deleted ?? 0;
         }),
       );
       return n;

@@ -237,6 +237,9 @@ function substituteString(
 const SECRET_KEYS: ConfigPath[] = [
   ['tokenService', 'clientSecret'],
   ['admin', 'token'],
+  ['cache', 'redis', 'password'],
+  ['cache', 'redis', 'sentinelPassword'],
+  ['ssf', 'authorizationHeader'],
 ];
 const TOKEN_SERVICE_URLS: ConfigPath[] = [
   ['tokenService', 'issuer'],

@@ -273,7 +273,12 @@ function editDistance(a: string, b: string): number {
 
 function crossFieldProblems(raw: unknown): ConfigProblem[] {
   if (!isRecord(raw)) return [];
-  return [...routeProblems(raw['routes']), ...tokenServiceProblems(raw), ...portProblems(raw)];
+  return [
+    ...routeProblems(raw['routes']),
+    ...tokenServiceProblems(raw),
+    ...portProblems(raw),
+    ...redisProblems(raw),
+  ];
 }
 
 type Methods = ReadonlySet<string> | 'all';
@@ -469,6 +474,107 @@ function tokenServiceProblems(raw: Record<string, unknown>): ConfigProblem[] {
     });
   }
   return problems;
+}
+
+/**
+ * `cache.redis` describes one deployment: exactly one of `url` (standalone), `sentinels` (+ `name`)
+ * or `cluster`, and only the keys that apply to it.
+ */
+function redisProblems(raw: Record<string, unknown>): ConfigProblem[] {
+  const cache = raw['cache'];
+  if (!isRecord(cache) || !isRecord(cache['redis'])) return [];
+  const redis = cache['redis'];
+  const at = (key: string) => `cache.redis.${key}`;
+  const has = (key: string) => redis[key] !== undefined;
+  const problems: ConfigProblem[] = [];
+
+  const kinds = (['url', 'sentinels', 'cluster'] as const).filter(has);
+  const [kind, ...extra] = kinds;
+  if (kind === undefined) {
+    problems.push({
+      path: 'cache.redis',
+      message:
+        'needs exactly one of url (standalone), sentinels (with name) or cluster (seed nodes); ' +
+        'omit cache.redis for an in-process cache only',
+    });
+  }
+  for (const other of extra) {
+    problems.push({
+      path: at(other),
+      message: `cannot be combined with ${at(kind!)}: write exactly one of url, sentinels or cluster`,
+    });
+  }
+
+  const sentinel = has('sentinels');
+  if (sentinel && !has('name')) {
+    problems.push({
+      path: at('name'),
+      message: 'is required with cache.redis.sentinels (the master group name of `sentinel monitor`)',
+    });
+  }
+  for (const key of ['name', 'sentinelUsername', 'sentinelPassword']) {
+    if (has(key) && !sentinel) {
+      problems.push({ path: at(key), message: 'only applies with cache.redis.sentinels' });
+    }
+  }
+
+  if (kind === 'url') {
+    for (const key of ['username', 'password']) {
+      if (has(key)) {
+        problems.push({
+          path: at(key),
+          message:
+            'only applies with cache.redis.sentinels or cache.redis.cluster; with cache.redis.url ' +
+            'write it into the URL (rediss://user:${REDIS_PASSWORD}@host:6379)',
+        });
+      }
+    }
+    if (has('tls')) {
+      problems.push({
+        path: at('tls'),
+        message:
+          'only applies with cache.redis.sentinels or cache.redis.cluster; with cache.redis.url use rediss://',
+      });
+    }
+  }
+
+  if (has('db')) {
+    if (has('cluster')) {
+      problems.push({
+        path: at('db'),
+        message: 'is not supported with cache.redis.cluster (a Redis Cluster has only database 0)',
+      });
+    } else if (typeof redis['url'] === 'string' && urlDatabase(redis['url']) !== undefined) {
+      problems.push({
+        path: at('db'),
+        message: 'conflicts with the database in the path of cache.redis.url (/N); write only one of them',
+      });
+    }
+  }
+
+  if (has('caFile')) {
+    const tls =
+      (typeof redis['url'] === 'string' && /^rediss:/i.test(redis['url'])) ||
+      redis['tls'] === true ||
+      redis['tls'] === 'true';
+    if (!tls) {
+      problems.push({
+        path: at('caFile'),
+        message: 'needs TLS: a rediss:// url, or tls: true with sentinels or cluster',
+      });
+    }
+  }
+  return problems;
+}
+
+/** The database a redis URL selects with its path (`/2`), if any; the URL itself is never echoed. */
+function urlDatabase(url: string): string | undefined {
+  try {
+    const path = new URL(url).pathname.replace(/^\//, '');
+    return path === '' ? undefined : path;
+  } catch {
+    return undefined;
+  }
 }
 
 /** `listen` and `admin` on the same port can only both bind when they are two distinct addresses. */

@@ -152,7 +152,36 @@ export const ConfigSchema = z.strictObject({
     .strictObject({
       redis: z
         .strictObject({
-          url: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL'),
+          // Exactly one of url (standalone), sentinels (+ name) or cluster (parse-config.ts).
+          /** Standalone Redis; user and password (ACL) go in the URL: `rediss://user:pass@host:6379/0`. */
+          url: z
+            .string()
+            .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
+            .optional(),
+          /** Redis Sentinel: the sentinels to ask for the current master of `name`. */
+          sentinels: z
+            .array(z.strictObject({ host: z.string().min(1), port: int(1, 65535) }))
+            .min(1)
+            .optional(),
+          /** Master group name (`sentinel monitor <name> …`); sentinels only. */
+          name: z.string().min(1).optional(),
+          /** Redis Cluster: seed nodes; the rest of the cluster is discovered from them. */
+          cluster: z
+            .array(z.strictObject({ host: z.string().min(1), port: int(1, 65535) }))
+            .min(1)
+            .optional(),
+          /** ACL user and password of the Redis nodes (sentinels/cluster; with url they are in the URL). */
+          username: z.string().min(1).optional(),
+          password: z.string().min(1).optional(),
+          /** ACL user and password of the sentinels themselves; sentinels only. */
+          sentinelUsername: z.string().min(1).optional(),
+          sentinelPassword: z.string().min(1).optional(),
+          /** TLS to every node (and to the sentinels); sentinels/cluster (with url: rediss://). */
+          tls: bool().optional(),
+          /** PEM CA bundle trusted for TLS instead of the system CAs (a private CA). */
+          caFile: z.string().min(1).optional(),
+          /** Logical database (default 0); url (instead of a /N path) or sentinels, never cluster. */
+          db: int(0, 65535).optional(),
           keyPrefix: z.string().default('phantom:'),
           commandTimeoutMs: int(1, 10_000).default(50),
         })
@@ -168,6 +197,22 @@ export const ConfigSchema = z.strictObject({
         .prefault({}),
     })
     .prefault({}),
+  /** Shared Signals Framework receiver (POST /ssf/events on the admin port); absent → 404. */
+  ssf: z
+    .strictObject({
+      /** The transmitter's `iss`, exact match. */
+      issuer: z.string().min(1),
+      /** The transmitter's JWKS (SET signing keys). */
+      jwksUri: httpUrl,
+      /** Our receiver audience: a SET's `aud` must name one of these. */
+      audience: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]),
+      algorithms: z.array(AlgorithmSchema).min(1).default(['ES256', 'RS256', 'PS256', 'EdDSA']),
+      /** SETs whose `iat` is older (± jwt.clockSkewSeconds) are refused; seen `jti`s are kept as long. */
+      maxAgeSeconds: int(1, 86_400).default(300),
+      /** The exact `Authorization` value the transmitter must send (RFC 8935 §2.2), constant-time compare. */
+      authorizationHeader: z.string().min(16, 'must be at least 16 characters').optional(),
+    })
+    .optional(),
   routes: z.array(RouteSchema).min(1, 'must define at least one route'),
   shutdownGraceSeconds: int(0, 3600).default(10),
 });

@@ -311,3 +311,166 @@ describe('when Redis is not up at start', () => {
     ]);
   });
 });
+
+/** Subscribers on `channel` as Redis counts them (PUBSUB NUMSUB). */
+async function subscribers(c: Redis, channel: string): Promise<number> {
+  const res = (await c.call('PUBSUB', 'NUMSUB', channel)) as [string, number | string];
+  return Number(res[1]);
+}
+
+/** Like waitFor, for an async condition. */
+async function waitForAsync(cond: () => Promise<boolean>, what: string, timeoutMs = 10_000, intervalMs = 25) {
+  const deadline = Date.now() + timeoutMs;
+  const maxIterations = Math.ceil(timeoutMs / intervalMs) + 1;
+  for (let i = 0; i < maxIterations && Date.now() < deadline; i++) {
+    if (await cond().catch(() => false)) return;
+    await sleep(intervalMs);
+  }
+  if (!(await cond().catch(() => false))) throw new Error(`timed out waiting for ${what}`);
+}
+
+describe('run / publish / subscribe', () => {
+  let server: RedisServerHandle;
+  beforeAll(async () => {
+    server = await newServer();
+  });
+
+  it('run() returns the command result; keys take the prefix through key()', async () => {
+    const store = await readyStore(server.url);
+    const inspect = await inspector(server.url);
+    expect(store.key('k')).toBe(`${PREFIX}k`);
+    expect(await store.run((c) => c.set(store.key('run-a'), 'va', 'EX', 30))).toBe('OK');
+    expect(await store.run((c) => c.get(store.key('run-a')))).toBe('va');
+    expect(await inspect.get(`${PREFIX}run-a`)).toBe('va');
+    expect(await store.run((c) => c.mget(store.key('run-a'), store.key('missing')))).toEqual(['va', null]);
+    expect(store.errors()).toBe(0);
+  });
+
+  it('run() returns undefined (does not throw) on a command error such as WRONGTYPE, and keeps working', async () => {
+    const store = await readyStore(server.url);
+    await store.run((c) => c.set(store.key('a-string'), 'v', 'EX', 30));
+    const errorsBefore = store.errors();
+    let thrown: unknown;
+    let result: unknown = 'not set';
+    try {
+      result = await guard(
+        store.run((c) => c.lpush(store.key('a-string'), 'x')),
+        2000,
+        'run with a WRONGTYPE error',
+      );
+    } catch (err) {
+      thrown = err;
+    }
+    expect(thrown).toBeUndefined();
+    expect(result).toBeUndefined();
+    expect(store.errors()).toBe(errorsBefore + 1);
+    // An error thrown by the callback itself is contained too.
+    expect(
+      await store.run(async () => {
+        throw new Error('boom');
+      }),
+    ).toBeUndefined();
+    expect(await store.run((c) => c.get(store.key('a-string')))).toBe('v');
+    expect(store.state()).toBe('ready');
+  });
+
+  it('publish/subscribe round trip between two stores, in order; a throwing handler does not stop delivery', async () => {
+    const logs = capturingLogger();
+    const sub = await readyStore(server.url, logs.logger);
+    const pub = await readyStore(server.url);
+    const inspect = await inspector(server.url);
+    const channel = `${PREFIX}chan-roundtrip`;
+    const received: string[] = [];
+    sub.subscribe(channel, (m) => {
+      if (m === 'explode') throw new Error('handler failed');
+      received.push(m);
+    });
+    await waitForAsync(async () => (await subscribers(inspect, channel)) >= 1, 'subscribed');
+
+    expect(await pub.publish(channel, 'one')).toBe(true);
+    expect(await pub.publish(channel, 'explode')).toBe(true);
+    expect(await pub.publish(channel, 'two')).toBe(true);
+    expect(await sub.publish(channel, 'three')).toBe(true); // a store also hears itself
+    await waitFor(() => received.length >= 3, 'three messages', 5000, 10);
+    expect(received).toEqual(['one', 'two', 'three']);
+    expect(logs.lines.filter((l) => l['msg'] === 'redis subscription handler failed')).toHaveLength(1);
+    // Messages on other channels are not delivered to this handler.
+    expect(await pub.publish(`${PREFIX}chan-other`, 'elsewhere')).toBe(true);
+    expect(await pub.publish(channel, 'four')).toBe(true);
+    await waitFor(() => received.length >= 4, 'fourth message', 5000, 10);
+    expect(received).toEqual(['one', 'two', 'three', 'four']);
+  });
+
+  it('publish returns false while Redis is not usable; run() is skipped (undefined) before ready', async () => {
+    const store = newStore(server.url);
+    expect(store.state()).toBe('connecting');
+    expect(await guard(store.publish(`${PREFIX}chan-x`, 'early'), 2000, 'publish while connecting')).toBe(
+      false,
+    );
+    expect(
+      await guard(
+        store.run((c) => c.ping()),
+        2000,
+        'run while connecting',
+      ),
+    ).toBeUndefined();
+    await waitFor(() => store.state() === 'ready', 'ready');
+    expect(await store.run((c) => c.ping())).toBe('PONG');
+  });
+});
+
+describe('run / publish / subscribe when Redis is killed and restarted', () => {
+  let server: RedisServerHandle;
+  beforeAll(async () => {
+    server = await newServer();
+  });
+
+  it('run() and publish() resolve (undefined / false) with Redis killed; the subscriber resubscribes after the restart', async () => {
+    const store = await readyStore(server.url);
+    const channel = `${PREFIX}chan-restart`;
+    const received: string[] = [];
+    store.subscribe(channel, (m) => received.push(m));
+    let inspect = await inspector(server.url);
+    await waitForAsync(async () => (await subscribers(inspect, channel)) >= 1, 'subscribed');
+    expect(await store.publish(channel, 'before')).toBe(true);
+    await waitFor(() => received.includes('before'), 'message before the kill', 5000, 10);
+    inspect.disconnect();
+
+    await server.kill();
+    // Right after the kill and once the store has noticed.
+    for (let round = 0; round < 2; round++) {
+      expect(
+        await guard(
+          store.run((c) => c.get(store.key('x'))),
+          2000,
+          'run while killed',
+        ),
+      ).toBeUndefined();
+      expect(
+        await guard(
+          store.run((c) => c.set(store.key('x'), 'v', 'EX', 5)),
+          2000,
+          'run set',
+        ),
+      ).toBeUndefined();
+      expect(await guard(store.publish(channel, 'lost'), 2000, 'publish while killed')).toBe(false);
+      if (round === 0) await waitFor(() => store.state() === 'down', 'store down');
+    }
+
+    await server.restart();
+    await waitFor(() => store.state() === 'ready', 'ready after restart', 10_000, 50);
+    inspect = await inspector(server.url);
+    // ioredis resubscribes the dedicated subscriber connection by itself.
+    await waitForAsync(async () => (await subscribers(inspect, channel)) >= 1, 'resubscribed', 10_000, 50);
+    expect(await inspect.publish(channel, 'after-restart-raw')).toBeGreaterThanOrEqual(1);
+    expect(await store.publish(channel, 'after-restart-store')).toBe(true);
+    await waitFor(
+      () => received.includes('after-restart-raw') && received.includes('after-restart-store'),
+      'messages after the restart',
+      5000,
+      10,
+    );
+    expect(received).not.toContain('lost');
+    expect(await store.run((c) => c.set(store.key('x'), 'v2', 'EX', 5))).toBe('OK');
+  });
+});

@@ -102,12 +102,12 @@ describe('parseConfig messages', () => {
   it('rejects unknown keys in nested objects with their exact path', () => {
     const raw = minimal({
       listen: { tls: { certFile: '/c.pem', keyFile: '/k.pem', caFile: '/ca.pem' } },
-      cache: { redis: { url: 'redis://r', password: 'x' } },
+      cache: { redis: { url: 'redis://r', bogus: 'x' } },
     });
     (raw['routes'] as Raw[]).push(route('two', { pathPrefix: '/two', method: ['GET'] }));
     expect(problemsOf(raw)).toEqual([
       'listen.tls: unknown key "caFile"',
-      'cache.redis: unknown key "password"',
+      'cache.redis: unknown key "bogus"',
       'routes[1].match: unknown key "method" (did you mean "methods"?)',
     ]);
   });

@@ -10,7 +10,11 @@ import {
   SignJWT,
 } from 'jose';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { type GatewayError, InvalidToken, TokenServiceUnavailable } from '../../../src/errors/gateway-errors.ts';
+import {
+  type GatewayError,
+  InvalidToken,
+  TokenServiceUnavailable,
+} from '../../../src/errors/gateway-errors.ts';
 import { createJwtVerifier, type JwtVerifierOptions } from '../../../src/jwt/verify-jwt.ts';
 import { type CurityStub, startCurityStub } from '../../helpers/curity-stub.ts';
 import { freePort } from '../../helpers/free-port.ts';
