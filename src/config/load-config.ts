@@ -245,6 +245,7 @@ const TOKEN_SERVICE_URLS: ConfigPath[] = [
   ['tokenService', 'issuer'],
   ['tokenService', 'introspectionEndpoint'],
   ['jwt', 'jwksUri'],
+  ['ssf', 'jwksUri'],
 ];
 
 function configWarnings({ value, strings }: Substitution): string[] {
