@@ -1,6 +1,7 @@
 import type { Config } from '../config/schema.ts';
 import { GatewayError, TokenServiceUnavailable } from '../errors/gateway-errors.ts';
 import type { Logger } from '../observability/logger.ts';
+import { readBodyLimited } from '../util/read-body.ts';
 import type { TokenServiceMetadata } from './token-service-metadata.ts';
 
 /** The answer of one introspection, already checked against the mode's contract (SPEC §6). */
@@ -112,21 +113,11 @@ function networkFailure(err: unknown, timeoutMs: number): TokenServiceUnavailabl
 }
 
 async function readBody(res: Response): Promise<Uint8Array> {
-  if (res.body === null) return new Uint8Array(0);
-  const reader = res.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > MAX_BODY_BYTES) {
-      await reader.cancel().catch(() => {});
-      throw badAnswer(`introspection response larger than ${MAX_BODY_BYTES} bytes`, { status: res.status });
-    }
-    chunks.push(value);
+  const body = await readBodyLimited(res, MAX_BODY_BYTES);
+  if (body === undefined) {
+    throw badAnswer(`introspection response larger than ${MAX_BODY_BYTES} bytes`, { status: res.status });
   }
-  return Buffer.concat(chunks);
+  return body;
 }
 
 /** A short, token-free summary of an OAuth error body (`{"error":"invalid_client"}`) for the log. */

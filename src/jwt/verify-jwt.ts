@@ -11,6 +11,7 @@ import {
   jwtVerify,
 } from 'jose';
 import { InvalidToken, TokenServiceUnavailable } from '../errors/gateway-errors.ts';
+import { jwksFetch } from './jwks-fetch.ts';
 
 export interface VerifiedJwt {
   /** The JWT as received (or minted). Never logged. */
@@ -48,8 +49,6 @@ export interface JwtVerifierOptions {
 
 /** `typ` values accepted when none is configured (RFC 8725 §3.11, RFC 9068 §2.1), after normalization. */
 const DEFAULT_TYPS = new Set(['jwt', 'at+jwt']);
-/** Upper bound on a JWKS document. */
-const MAX_JWKS_BYTES = 512 * 1024;
 /** RFC 7515 compact serialization: exactly three base64url parts, signature not empty. */
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+$/;
 
@@ -79,72 +78,6 @@ function sanitize(err: unknown): Error {
     return e;
   }
   return new Error('JWT verification failed');
-}
-
-/** Reads at most `max` bytes of a response body. */
-async function readLimited(res: Response, max: number): Promise<string> {
-  if (res.body === null) return '';
-  const reader = res.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > max) {
-      await reader.cancel().catch(() => {});
-      throw new JwksUnavailable(`JWKS response larger than ${max} bytes`);
-    }
-    chunks.push(value);
-  }
-  return Buffer.concat(chunks).toString('utf8');
-}
-
-/**
- * Wraps fetch for jose's remote JWKS so that EVERY failure to obtain a usable key set (network,
- * timeout, non-200, not JSON, not a JWKS) surfaces as JwksUnavailable, while a key set that was
- * fetched but has no matching key stays a verification failure.
- */
-function jwksFetch(fetchImpl: typeof fetch) {
-  return async (
-    url: string,
-    init: { headers: Headers; method: 'GET'; redirect: 'manual'; signal: AbortSignal },
-  ) => {
-    let res: Response;
-    let text: string;
-    try {
-      res = await fetchImpl(url, init);
-      if (res.status !== 200) {
-        await res.body?.cancel().catch(() => {});
-        throw new JwksUnavailable(`JWKS endpoint answered HTTP ${res.status}`);
-      }
-      text = await readLimited(res, MAX_JWKS_BYTES);
-    } catch (err) {
-      if (err instanceof JwksUnavailable) throw err;
-      const e = err as Error;
-      const code = (e.cause as NodeJS.ErrnoException | undefined)?.code;
-      throw new JwksUnavailable(
-        e.name === 'TimeoutError' || e.name === 'AbortError'
-          ? 'JWKS request timed out'
-          : `JWKS request failed${code ? ` (${code})` : ''}`,
-        { cause: err },
-      );
-    }
-    let json: unknown;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      throw new JwksUnavailable('JWKS response is not JSON');
-    }
-    const keys = (json as { keys?: unknown } | null)?.keys;
-    if (
-      !Array.isArray(keys) ||
-      !keys.every((k) => typeof k === 'object' && k !== null && !Array.isArray(k))
-    ) {
-      throw new JwksUnavailable('JWKS response is not a JWK Set');
-    }
-    return new Response(text, { status: 200, headers: { 'content-type': 'application/json' } });
-  };
 }
 
 /**
@@ -183,7 +116,10 @@ export function createJwtVerifier(opts: JwtVerifierOptions): JwtVerifier {
             timeoutDuration: Math.max(1, Math.round(keys.timeoutMs)),
             cooldownDuration: 30_000,
             cacheMaxAge: 600_000,
-            [customFetch]: jwksFetch(fetchImpl),
+            [customFetch]: jwksFetch(
+              fetchImpl,
+              (message, cause) => new JwksUnavailable(message, cause === undefined ? undefined : { cause }),
+            ),
           }),
         };
       }

@@ -10,6 +10,7 @@ import {
   errors as joseErrors,
 } from 'jose';
 import { LRUCache } from 'lru-cache';
+import { jwksFetch } from '../jwt/jwks-fetch.ts';
 
 /**
  * Verification of Security Event Tokens (RFC 8417) pushed by a Shared Signals Framework
@@ -101,8 +102,6 @@ export interface SetVerifier {
 
 /** RFC 7515 compact serialization: three base64url parts, signature not empty. */
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+$/;
-/** Upper bound on a JWKS document. */
-const MAX_JWKS_BYTES = 512 * 1024;
 
 /** `application/secevent+jwt` → `secevent+jwt`, lower-cased (RFC 7515 §4.1.9). */
 function normalizeTyp(typ: string): string {
@@ -137,39 +136,7 @@ export function remoteSetKeys(opts: {
     timeoutDuration: Math.max(1, Math.round(opts.timeoutMs)),
     cooldownDuration: 30_000,
     cacheMaxAge: 600_000,
-    [customFetch]: async (url: string, init: RequestInit) => {
-      let text: string;
-      try {
-        const res = await fetchImpl(url, init);
-        if (res.status !== 200) {
-          await res.body?.cancel().catch(() => {});
-          throw new SetKeysUnavailable(`JWKS endpoint answered HTTP ${res.status}`);
-        }
-        const body = await res.arrayBuffer();
-        if (body.byteLength > MAX_JWKS_BYTES)
-          throw new SetKeysUnavailable(`JWKS response larger than ${MAX_JWKS_BYTES} bytes`);
-        text = Buffer.from(body).toString('utf8');
-      } catch (err) {
-        if (err instanceof SetKeysUnavailable) throw err;
-        const e = err as Error;
-        const code = (e.cause as NodeJS.ErrnoException | undefined)?.code;
-        throw new SetKeysUnavailable(
-          e.name === 'TimeoutError' || e.name === 'AbortError'
-            ? 'JWKS request timed out'
-            : `JWKS request failed${code ? ` (${code})` : ''}`,
-        );
-      }
-      let json: unknown;
-      try {
-        json = JSON.parse(text);
-      } catch {
-        throw new SetKeysUnavailable('JWKS response is not JSON');
-      }
-      const keys = isObject(json) ? json['keys'] : undefined;
-      if (!Array.isArray(keys) || !keys.every(isObject))
-        throw new SetKeysUnavailable('JWKS response is not a JWK Set');
-      return new Response(text, { status: 200, headers: { 'content-type': 'application/json' } });
-    },
+    [customFetch]: jwksFetch(fetchImpl, (message) => new SetKeysUnavailable(message)),
   });
 }
 
