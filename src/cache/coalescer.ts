@@ -60,6 +60,10 @@ export function createCoalescer(opts: {
         if (got === 'OK') {
           const stopRenewing = renewWhileLoading(redis, lockKey, owner, lease, Date.now() + timeoutMs);
           try {
+            // The previous holder may have filled L2 and released between our lookup and our
+            // SET NX: look once more before introspecting (else a second introspection).
+            const filled = await lookup();
+            if (filled !== undefined) return filled;
             return await load();
           } finally {
             stopRenewing();
