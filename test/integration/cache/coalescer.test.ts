@@ -22,39 +22,13 @@ import { createValueCipher } from '../../../src/cache/value-crypto.ts';
 import { createJwtVerifier, type JwtVerifier } from '../../../src/jwt/verify-jwt.ts';
 import { silentLogger } from '../../../src/observability/logger.ts';
 import { type RedisServerHandle, startRedisServer } from '../../helpers/redis-server.ts';
+import { guard, pollUntil as waitFor } from '../../helpers/wait.ts';
 
 const PREFIX = 'coalescer-test:';
 const COMMAND_TIMEOUT_MS = 250;
 const SECRET = Buffer.from('coalescer-test-secret-0123456789abcdefgh', 'utf8');
 const ISSUER = 'https://idp.example.test';
 const keyer = createCacheKeyer(SECRET);
-
-async function guard<T>(p: Promise<T>, ms = 2000, what = 'operation'): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const limit = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([p, limit]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function waitFor(
-  cond: () => boolean | Promise<boolean>,
-  what: string,
-  timeoutMs = 10_000,
-  intervalMs = 25,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  const maxIterations = Math.ceil(timeoutMs / intervalMs) + 1;
-  for (let i = 0; i < maxIterations && Date.now() < deadline; i++) {
-    if (await cond()) return;
-    await sleep(intervalMs);
-  }
-  if (!(await cond())) throw new Error(`timed out waiting for ${what}`);
-}
 
 let signingKey: CryptoKey;
 let verifier: JwtVerifier;

@@ -5,39 +5,13 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { createRedisStore, type RedisState, type RedisStore } from '../../../src/cache/redis-store.ts';
 import { createLogger, silentLogger } from '../../../src/observability/logger.ts';
 import { type RedisServerHandle, startRedisServer } from '../../helpers/redis-server.ts';
+import { guard, pollUntil as waitFor } from '../../helpers/wait.ts';
 
 const PREFIX = 'phantom-test:';
 // Generous enough for a loaded CI machine; the failure tests only need "bounded", not "fast".
 const COMMAND_TIMEOUT_MS = 250;
 
 /** Fails (rejects) if `p` has not settled within `ms`: "resolves quickly" without timing assertions. */
-async function guard<T>(p: Promise<T>, ms = 2000, what = 'operation'): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const limit = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([p, limit]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** Polls `cond` every `intervalMs` until true; bounded in time and in iterations. */
-async function waitFor(
-  cond: () => boolean,
-  what: string,
-  timeoutMs = 10_000,
-  intervalMs = 25,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  const maxIterations = Math.ceil(timeoutMs / intervalMs) + 1;
-  for (let i = 0; i < maxIterations && Date.now() < deadline; i++) {
-    if (cond()) return;
-    await sleep(intervalMs);
-  }
-  if (!cond()) throw new Error(`timed out waiting for ${what}`);
-}
 
 /** A pino logger (the project's own config) writing JSON lines into an array. */
 function capturingLogger() {

@@ -20,6 +20,7 @@ import { createValueCipher } from '../../../src/cache/value-crypto.ts';
 import { createJwtVerifier, type JwtVerifier } from '../../../src/jwt/verify-jwt.ts';
 import { silentLogger } from '../../../src/observability/logger.ts';
 import { type RedisServerHandle, startRedisServer } from '../../helpers/redis-server.ts';
+import { guard, pollUntil as waitFor } from '../../helpers/wait.ts';
 
 const PREFIX = 'revocation-test:';
 const COMMAND_TIMEOUT_MS = 250;
@@ -30,33 +31,6 @@ const VARIANTS = ['', VARIANT];
 /** SPEC §7 / issue 4: a purge reaches every replica's L1 within one second. */
 const PROPAGATION_BOUND_MS = 1000;
 const keyer = createCacheKeyer(SECRET);
-
-async function guard<T>(p: Promise<T>, ms = 2000, what = 'operation'): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const limit = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([p, limit]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function waitFor(
-  cond: () => boolean | Promise<boolean>,
-  what: string,
-  timeoutMs = 10_000,
-  intervalMs = 25,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  const maxIterations = Math.ceil(timeoutMs / intervalMs) + 1;
-  for (let i = 0; i < maxIterations && Date.now() < deadline; i++) {
-    if (await cond()) return;
-    await sleep(intervalMs);
-  }
-  if (!(await cond())) throw new Error(`timed out waiting for ${what}`);
-}
 
 /**
  * Polls `cond` (synchronous: replica B's memory) every ~1 ms until true, for at most `boundMs`;

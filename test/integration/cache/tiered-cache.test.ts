@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { type CryptoKey, exportJWK, generateKeyPair, type JWK, SignJWT } from 'jose';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -19,6 +18,7 @@ import { createValueCipher } from '../../../src/cache/value-crypto.ts';
 import { createJwtVerifier, type JwtVerifier } from '../../../src/jwt/verify-jwt.ts';
 import { silentLogger } from '../../../src/observability/logger.ts';
 import { type RedisServerHandle, startRedisServer } from '../../helpers/redis-server.ts';
+import { guard, pollUntil as waitFor } from '../../helpers/wait.ts';
 
 const PREFIX = 'tiered-test:';
 const COMMAND_TIMEOUT_MS = 250;
@@ -33,33 +33,6 @@ const VARIANTS = ['', VARIANT_A, VARIANT_B];
 const keyer = createCacheKeyer(SECRET);
 
 /** Fails (rejects) if `p` has not settled within `ms`: "resolves" without timing assertions. */
-async function guard<T>(p: Promise<T>, ms = 2000, what = 'operation'): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const limit = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([p, limit]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** Polls `cond` until true; bounded in time and in iterations. */
-async function waitFor(
-  cond: () => boolean,
-  what: string,
-  timeoutMs = 10_000,
-  intervalMs = 25,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  const maxIterations = Math.ceil(timeoutMs / intervalMs) + 1;
-  for (let i = 0; i < maxIterations && Date.now() < deadline; i++) {
-    if (cond()) return;
-    await sleep(intervalMs);
-  }
-  if (!cond()) throw new Error(`timed out waiting for ${what}`);
-}
 
 // --- JWTs signed with jose, verified by the gateway's own verifier (the `revive` of app.ts) ------
 
