@@ -3,7 +3,7 @@ import { createAdminApp } from './admin/admin-app.ts';
 import type { CacheEntry } from './cache/cache-entry.ts';
 import { createCacheEvents } from './cache/cache-events.ts';
 import { createCacheKeyer, resolveCacheSecret } from './cache/cache-key.ts';
-import { type CacheMetrics, createCacheMetrics } from './cache/cache-metrics.ts';
+import { type CacheMetrics, cacheMetricsSnapshot, createCacheMetrics } from './cache/cache-metrics.ts';
 import { createCoalescer } from './cache/coalescer.ts';
 import { createMemoryCache } from './cache/memory-cache.ts';
 import { createRedisStore, type RedisStore } from './cache/redis-store.ts';
@@ -45,6 +45,8 @@ export interface Gateway {
   redis: RedisStore | undefined;
   /** The cache's counters (exposed by /metrics in the operations issue). */
   metrics: CacheMetrics;
+  /** The counters plus Redis errors and circuit state, read at call time. */
+  cacheMetrics(): ReturnType<typeof cacheMetricsSnapshot>;
   revocation: Revocation;
   /** Stops background work and closes Redis and upstream connections. */
   close(): Promise<void>;
@@ -207,6 +209,7 @@ export async function createGateway(
     metadata,
     redis,
     metrics,
+    cacheMetrics: () => cacheMetricsSnapshot(metrics, redis),
     revocation,
     async close() {
       metadata.stop();

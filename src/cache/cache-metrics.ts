@@ -35,3 +35,11 @@ export function createCacheMetrics(): CacheMetrics {
     purgedEntries: 0,
   };
 }
+
+/** Every cache counter at one moment, Redis' error count and circuit state included. */
+export function cacheMetricsSnapshot(
+  metrics: CacheMetrics,
+  redis: { errors(): number; state(): string } | undefined,
+): CacheMetrics & { redisErrors: number; redisState: string } {
+  return { ...metrics, redisErrors: redis?.errors() ?? 0, redisState: redis?.state() ?? 'disabled' };
+}
