@@ -75,7 +75,7 @@ export function runCli(
  */
 export async function startGateway(
   config: Record<string, unknown>,
-  opts: { env?: NodeJS.ProcessEnv; waitForListening?: boolean } = {},
+  opts: { env?: NodeJS.ProcessEnv; waitForListening?: boolean; redisReadyTimeoutMs?: number } = {},
 ): Promise<GatewayProcess> {
   const port = await freePort();
   const adminPort = await freePort();
@@ -144,6 +144,23 @@ export async function startGateway(
       throw err;
     }
     if (done) throw new Error(`gateway exited during startup:\n${out}`);
+    if (cfg['cache'] !== undefined && (cfg['cache'] as Record<string, unknown>)['redis'] !== undefined) {
+      // "listening" comes before the Redis connection is up; until then Redis is (correctly) a
+      // miss. Tests about sharing through Redis want it connected: wait a bounded while for it,
+      // without failing (some tests start a gateway whose Redis is meant to be unreachable).
+      await waitFor(
+        async () => {
+          try {
+            const res = await fetch(`${gp.adminUrl}/readyz`, { signal: AbortSignal.timeout(1000) });
+            return ((await res.json()) as { redis?: string }).redis === 'ready';
+          } catch {
+            return false;
+          }
+        },
+        opts.redisReadyTimeoutMs ?? 5_000,
+        'redis to be ready',
+      ).catch(() => {});
+    }
   }
   return gp;
 }
