@@ -7,7 +7,7 @@ import { type CacheMetrics, cacheMetricsSnapshot, createCacheMetrics } from './c
 import { createCoalescer } from './cache/coalescer.ts';
 import { createMemoryCache } from './cache/memory-cache.ts';
 import { createRedisStore, type RedisStore } from './cache/redis-store.ts';
-import { createRevocation, type Revocation, subjectTag } from './cache/revocation.ts';
+import { createRevocation, type Revocation } from './cache/revocation.ts';
 import { createTieredCache } from './cache/tiered-cache.ts';
 import { createValueCipher } from './cache/value-crypto.ts';
 import type { Config } from './config/schema.ts';
@@ -27,7 +27,7 @@ import { createExtractToken } from './pipeline/extract-token.ts';
 import { createForward } from './pipeline/forward.ts';
 import { createMatchRoute } from './pipeline/match-route.ts';
 import { createRequestId } from './pipeline/request-id.ts';
-import { cacheVariant, createJwtResolver } from './pipeline/resolve-jwt.ts';
+import { cacheEntryOf, cacheVariant, createJwtResolver } from './pipeline/resolve-jwt.ts';
 import { RouteTable } from './routing/route-table.ts';
 import { createSsfReceiverFromConfig } from './ssf/ssf-receiver.ts';
 
@@ -140,12 +140,7 @@ export async function createGateway(
     maxTtlSeconds: config.cache.maxTtlSeconds,
     revive: async (jwt: string): Promise<CacheEntry | undefined> => {
       try {
-        const v = await verifier.verify(jwt);
-        const claims = v.claims as Record<string, unknown>;
-        const entry: CacheEntry = { jwt: v.jwt, claims, exp: v.exp };
-        if (typeof claims['sub'] === 'string' && claims['sub'] !== '')
-          entry.subTag = subjectTag(keyer, claims['sub']);
-        return entry;
+        return cacheEntryOf(await verifier.verify(jwt), keyer);
       } catch {
         return undefined;
       }

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { CacheEvents } from './cache-events.ts';
 import type { CacheMetrics } from './cache-metrics.ts';
 import type { RedisStore } from './redis-store.ts';
-import { type CacheRef, redisKeys } from './tiered-cache.ts';
+import { type CacheRef, redisKeys, slotOf } from './tiered-cache.ts';
 
 /** Compare-and-delete: only the owner releases its lock. */
 const RELEASE =
@@ -49,7 +49,7 @@ export function createCoalescer(opts: {
     async run(ref, load, lookup) {
       if (redis === undefined || redis.state() !== 'ready') return load();
       const lockKey = redis.key(redisKeys.lock(ref.tag, ref.variant));
-      const slot = ref.variant === '' ? ref.tag : `${ref.tag}.${ref.variant}`;
+      const slot = slotOf(ref);
       const owner = randomUUID();
       const deadline = Date.now() + timeoutMs;
       const lease = leaseMs(timeoutMs);

@@ -33,7 +33,8 @@ export const redisKeys = {
   subIndex: (subTag: string) => `sub:{${subTag}}`,
 };
 
-const l1Key = (ref: { tag: string; variant: string }) =>
+/** One token's entry for one variant: its L1 key, its single-flight key and its fill-notice name. */
+export const slotOf = (ref: { tag: string; variant: string }): string =>
   ref.variant === '' ? ref.tag : `${ref.tag}.${ref.variant}`;
 
 export interface TieredCache {
@@ -115,7 +116,7 @@ export function createTieredCache(opts: TieredCacheOptions): TieredCache {
     );
     // PTTL -1 (no TTL: not written by us) leaves the JWT-based bound alone.
     const l1Ttl = entryPttl > 0 ? Math.min(ttl, entryPttl / 1000) : ttl;
-    if (l1Ttl > 0) memory.set(l1Key(ref), entry, l1Ttl);
+    if (l1Ttl > 0) memory.set(slotOf(ref), entry, l1Ttl);
     metrics.hitsL2++;
     return { kind: 'hit', entry, level: 'l2' };
   }
@@ -123,7 +124,7 @@ export function createTieredCache(opts: TieredCacheOptions): TieredCache {
   return {
     async lookup(ref, lookupOpts) {
       if (lookupOpts?.l2Only !== true) {
-        const l1 = memory.get(l1Key(ref));
+        const l1 = memory.get(slotOf(ref));
         if (l1 !== undefined) {
           metrics.hitsL1++;
           return { kind: 'hit', entry: l1, level: 'l1' };
@@ -140,7 +141,7 @@ export function createTieredCache(opts: TieredCacheOptions): TieredCache {
 
     async store(ref, entry, ttlSeconds) {
       if (!Number.isFinite(ttlSeconds) || ttlSeconds <= 0) return;
-      memory.set(l1Key(ref), entry, ttlSeconds);
+      memory.set(slotOf(ref), entry, ttlSeconds);
       const ttl = Math.floor(ttlSeconds);
       // Redis TTLs are whole seconds: `EX 0` would be refused, count as a Redis failure and, a few
       // in a row, open the breaker. An entry living less than a second stays in L1 only.
@@ -170,7 +171,7 @@ export function createTieredCache(opts: TieredCacheOptions): TieredCache {
       let n = 0;
       for (const tag of tags) {
         for (const variant of opts.variants) {
-          const key = l1Key({ tag, variant });
+          const key = slotOf({ tag, variant });
           if (memory.get(key) !== undefined) n++;
           memory.delete(key);
         }

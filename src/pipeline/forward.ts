@@ -121,14 +121,13 @@ export function createForward(routes: readonly CompiledRoute[], opts: ForwardOpt
       const c = ctx(res);
       const route = prepare(req, c);
       const proxy = proxies.get(route)!;
+      c.reason = 'allowed';
       const upgradeSocket = (res as Response & { upgradeSocket?: Socket }).upgradeSocket;
       if (upgradeSocket !== undefined) {
         const head = (res as Response & { upgradeHead?: Buffer }).upgradeHead ?? Buffer.alloc(0);
-        c.reason = 'allowed';
         proxy.upgrade(req, upgradeSocket, head);
         return;
       }
-      c.reason = 'allowed';
       proxy(req, res, next).catch(next);
     },
     close(): void {

@@ -5,7 +5,7 @@ import type { CacheKeyer } from '../cache/cache-key.ts';
 import type { Coalescer } from '../cache/coalescer.ts';
 import { subjectTag } from '../cache/revocation.ts';
 import { createSingleFlight } from '../cache/single-flight.ts';
-import type { CacheRef, TieredCache } from '../cache/tiered-cache.ts';
+import { type CacheRef, slotOf, type TieredCache } from '../cache/tiered-cache.ts';
 import type { Config } from '../config/schema.ts';
 import { InvalidToken, TokenServiceUnavailable } from '../errors/gateway-errors.ts';
 import type { IntrospectionClient } from '../introspection/introspection-client.ts';
@@ -37,6 +37,15 @@ const ACCESS_TOKEN_TYPES = new Set([
 ]);
 
 type Outcome = { kind: 'active'; entry: CacheEntry; source: 'introspection' | 'l2' } | { kind: 'inactive' };
+
+/** A verified JWT as a cache entry, tagged with the HMAC of its `sub` (purge by subject). */
+export function cacheEntryOf(verified: VerifiedJwt, keyer: CacheKeyer): CacheEntry {
+  const claims = verified.claims as Record<string, unknown>;
+  const entry: CacheEntry = { jwt: verified.jwt, claims, exp: verified.exp };
+  if (typeof claims['sub'] === 'string' && claims['sub'] !== '')
+    entry.subTag = subjectTag(keyer, claims['sub']);
+  return entry;
+}
 
 /**
  * The cache variant of a route: in mint mode the JWT's audience depends on the route, so each
@@ -85,10 +94,7 @@ export function createJwtResolver(deps: ResolveDeps) {
         throw new TokenServiceUnavailable('bad_answer', new Error('no JWT in the answer'));
       verified = await deps.verifier!.verify(answer.jwt);
     }
-    const claims = verified.claims as Record<string, unknown>;
-    const entry: CacheEntry = { jwt: verified.jwt, claims, exp: verified.exp };
-    if (typeof claims['sub'] === 'string' && claims['sub'] !== '')
-      entry.subTag = subjectTag(deps.keyer, claims['sub']);
+    const entry = cacheEntryOf(verified, deps.keyer);
     const ttl = cacheTtlSeconds(entry.exp, now(), skew, config.cache.maxTtlSeconds, answer.maxAgeSeconds);
     if (ttl > 0) await cache.store(ref, entry, ttl);
     return { kind: 'active', entry, source: 'introspection' };
@@ -113,8 +119,7 @@ export function createJwtResolver(deps: ResolveDeps) {
     if (found.kind === 'hit') return { ...found.entry, source: found.level };
     if (found.kind === 'inactive') throw new InvalidToken('token_inactive');
     const started = performance.now();
-    const slot = ref.variant === '' ? ref.tag : `${ref.tag}.${ref.variant}`;
-    const outcome = await flights.run(slot, () =>
+    const outcome = await flights.run(slotOf(ref), () =>
       deps.coalescer.run(
         ref,
         () => load(ref, route, requestId, traceparent),
