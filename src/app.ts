@@ -12,6 +12,7 @@ import { createTieredCache } from './cache/tiered-cache.ts';
 import { createValueCipher } from './cache/value-crypto.ts';
 import type { Config } from './config/schema.ts';
 import { createErrorHandler } from './errors/error-handler.ts';
+import { type ClientAuth, createClientAuth } from './introspection/client-auth.ts';
 import { createIntrospectionClient, type IntrospectionClient } from './introspection/introspection-client.ts';
 import {
   createTokenServiceMetadata,
@@ -73,11 +74,13 @@ export async function createGateway(
     throw new StartupConfigError((err as Error).message);
   }
 
+  let clientAuth: ClientAuth;
   let metadata: TokenServiceMetadata;
   let introspection: IntrospectionClient;
   try {
-    metadata = createTokenServiceMetadata(config, { logger });
-    introspection = createIntrospectionClient(config, { metadata, logger });
+    clientAuth = await createClientAuth(config);
+    metadata = createTokenServiceMetadata(config, { logger, fetch: clientAuth.fetch });
+    introspection = createIntrospectionClient(config, { metadata, logger, clientAuth });
   } catch (err) {
     throw new StartupConfigError((err as Error).message);
   }
@@ -111,6 +114,7 @@ export async function createGateway(
       keys: {
         kind: 'remote',
         timeoutMs: config.tokenService.timeoutMs,
+        fetch: clientAuth.fetch,
         jwksUri: async () => {
           if (config.jwt.jwksUri !== undefined) return config.jwt.jwksUri;
           const uri = (await metadata.get()).jwksUri;

@@ -458,19 +458,73 @@ function tokenServiceProblems(raw: Record<string, unknown>): ConfigProblem[] {
   }
 
   const clientAuth = ts['clientAuth'] === undefined ? 'client_secret_basic' : ts['clientAuth'];
-  if (clientAuth === 'private_key_jwt' || clientAuth === 'tls_client_auth') {
-    problems.push({
-      path: 'tokenService.clientAuth',
-      message: `${clientAuth} is not supported yet (use client_secret_basic or client_secret_post)`,
-    });
-  }
-  if (
-    (clientAuth === 'client_secret_basic' || clientAuth === 'client_secret_post') &&
-    ts['clientSecret'] === undefined
-  ) {
+  const suffix = ts['clientAuth'] === undefined ? ' (the default)' : '';
+  const isSecret = clientAuth === 'client_secret_basic' || clientAuth === 'client_secret_post';
+  if (isSecret && ts['clientSecret'] === undefined) {
     problems.push({
       path: 'tokenService.clientSecret',
-      message: `is required for clientAuth ${clientAuth}${ts['clientAuth'] === undefined ? ' (the default)' : ''}`,
+      message: `is required for clientAuth ${clientAuth}${suffix}`,
+    });
+  }
+  if (!isSecret && ts['clientSecret'] !== undefined) {
+    problems.push({
+      path: 'tokenService.clientSecret',
+      message: `is not used with clientAuth ${clientAuth} (remove it: a secret nobody checks is a secret to leak)`,
+    });
+  }
+  if (clientAuth === 'private_key_jwt' && ts['privateKeyFile'] === undefined) {
+    problems.push({
+      path: 'tokenService.privateKeyFile',
+      message: 'is required for clientAuth private_key_jwt',
+    });
+  }
+  for (const key of ['privateKeyFile', 'privateKeyAlg']) {
+    if (clientAuth !== 'private_key_jwt' && ts[key] !== undefined) {
+      problems.push({
+        path: `tokenService.${key}`,
+        message: `only applies to clientAuth private_key_jwt (clientAuth is ${clientAuth}${suffix})`,
+      });
+    }
+  }
+  const hasCert = ts['tlsCertFile'] !== undefined;
+  const hasKey = ts['tlsKeyFile'] !== undefined;
+  if (clientAuth === 'tls_client_auth') {
+    if (!hasCert)
+      problems.push({
+        path: 'tokenService.tlsCertFile',
+        message: 'is required for clientAuth tls_client_auth',
+      });
+    if (!hasKey)
+      problems.push({
+        path: 'tokenService.tlsKeyFile',
+        message: 'is required for clientAuth tls_client_auth',
+      });
+  } else if (hasCert !== hasKey) {
+    problems.push({
+      path: hasCert ? 'tokenService.tlsKeyFile' : 'tokenService.tlsCertFile',
+      message: `is required with tokenService.${hasCert ? 'tlsCertFile' : 'tlsKeyFile'} (a client certificate needs its key)`,
+    });
+  }
+  if (clientAuth === 'tls_client_auth') {
+    for (const key of ['issuer', 'introspectionEndpoint']) {
+      const v = ts[key];
+      if (
+        typeof v === 'string' &&
+        v.startsWith('http:') &&
+        (key === 'introspectionEndpoint' || ts['introspectionEndpoint'] === undefined)
+      ) {
+        problems.push({
+          path: `tokenService.${key}`,
+          message:
+            'must be an https URL with clientAuth tls_client_auth (the client certificate is sent in the TLS handshake)',
+        });
+      }
+    }
+  }
+  if (ts['introspectionFormat'] === 'jwt' && mode !== 'mint') {
+    problems.push({
+      path: 'tokenService.introspectionFormat',
+      message: `jwt (RFC 9701) only applies to mode mint (mode is ${mode}); accept-jwt and claim receive the JWT itself`,
     });
   }
   return problems;

@@ -126,6 +126,17 @@ export const ConfigSchema = z.strictObject({
       .default('client_secret_basic'),
     mode: z.enum(['accept-jwt', 'claim', 'mint']).default('accept-jwt'),
     jwtClaim: z.string().min(1).optional(),
+    /** private_key_jwt: the client's private key, PEM (PKCS#8) or a JWK JSON file. Reloaded on SIGHUP. */
+    privateKeyFile: z.string().min(1).optional(),
+    /** private_key_jwt: the assertion's JWS algorithm; default from the key (`alg` of a JWK, else by key type). */
+    privateKeyAlg: AlgorithmSchema.optional(),
+    /** tls_client_auth: the client certificate (PEM, chain allowed) and its key. Reloaded on SIGHUP. */
+    tlsCertFile: z.string().min(1).optional(),
+    tlsKeyFile: z.string().min(1).optional(),
+    /** PEM CA bundle trusted for the token service's TLS (discovery, JWKS, introspection) instead of the system CAs. */
+    caFile: z.string().min(1).optional(),
+    /** mode mint: RFC 7662 JSON answers, or RFC 9701 signed JWT answers (`application/token-introspection+jwt`). */
+    introspectionFormat: z.enum(['json', 'jwt']).default('json'),
     timeoutMs: int(50, 60_000).default(2000),
     requireAtStartup: bool().default(false),
   }),
@@ -144,6 +155,13 @@ export const ConfigSchema = z.strictObject({
           signingKeysFile: z.string().min(1),
           lifetimeSeconds: int(1, 86_400).default(300),
           audience: z.string().min(1).optional(),
+          /** A key that becomes first (active) in the file signs only after it was published this long (SIGHUP reload). */
+          publishBeforeSignSeconds: int(0, 86_400).default(600),
+          /** Also serve the public JWKS at this path on the public listener (no token needed). */
+          jwksPath: z
+            .string()
+            .regex(/^\/[\x21-\x7E]*$/, 'must start with / and contain only visible ASCII characters')
+            .optional(),
         })
         .optional(),
     })

@@ -2,6 +2,7 @@ import type { Config } from '../config/schema.ts';
 import { GatewayError, TokenServiceUnavailable } from '../errors/gateway-errors.ts';
 import type { Logger } from '../observability/logger.ts';
 import { readBodyLimited } from '../util/read-body.ts';
+import type { ClientAuth } from './client-auth.ts';
 import type { TokenServiceMetadata } from './token-service-metadata.ts';
 
 /** The answer of one introspection, already checked against the mode's contract (SPEC §6). */
@@ -42,11 +43,6 @@ export class IntrospectionFailure extends Error {
     this.status = details.status;
     this.code = details.code;
   }
-}
-
-/** `application/x-www-form-urlencoded` encoding of one value (RFC 6749 §2.3.1, Appendix B). */
-function formEncode(s: string): string {
-  return new URLSearchParams({ v: s }).toString().slice(2);
 }
 
 /** Retry-After (delta-seconds or HTTP-date) when it is within 1..300 s, else our default. */
@@ -144,23 +140,12 @@ function oauthErrorCode(body: Uint8Array, token: string): string | undefined {
  */
 export function createIntrospectionClient(
   cfg: Config,
-  deps: { metadata: TokenServiceMetadata; logger: Logger; fetch?: typeof fetch },
+  deps: { metadata: TokenServiceMetadata; logger: Logger; clientAuth: ClientAuth },
 ): IntrospectionClient {
   const ts = cfg.tokenService;
-  const fetchImpl = deps.fetch ?? globalThis.fetch;
-  if (ts.clientAuth !== 'client_secret_basic' && ts.clientAuth !== 'client_secret_post') {
-    throw new Error(
-      `tokenService.clientAuth: ${ts.clientAuth} is not supported yet (use client_secret_basic or client_secret_post)`,
-    );
-  }
-  if (ts.clientSecret === undefined)
-    throw new Error(`tokenService.clientSecret: required for clientAuth ${ts.clientAuth}`);
+  const fetchImpl = deps.clientAuth.fetch;
   if (ts.mode === 'claim' && ts.jwtClaim === undefined)
     throw new Error('tokenService.jwtClaim: required in mode claim');
-  const basic =
-    ts.clientAuth === 'client_secret_basic'
-      ? `Basic ${Buffer.from(`${formEncode(ts.clientId)}:${formEncode(ts.clientSecret)}`).toString('base64')}`
-      : undefined;
 
   async function send(token: string, ctx: { requestId: string; traceparent?: string }) {
     const { introspectionEndpoint } = await deps.metadata.get();
@@ -171,11 +156,7 @@ export function createIntrospectionClient(
       'x-request-id': ctx.requestId,
     });
     if (ctx.traceparent !== undefined) headers.set('traceparent', ctx.traceparent);
-    if (basic !== undefined) headers.set('authorization', basic);
-    else {
-      body.set('client_id', ts.clientId);
-      body.set('client_secret', ts.clientSecret!);
-    }
+    await deps.clientAuth.apply({ headers, body, endpoint: introspectionEndpoint });
     // One deadline for connect, headers and body.
     const signal = AbortSignal.timeout(ts.timeoutMs);
     let res: Response;

@@ -1,11 +1,10 @@
 import {
   allowInsecureRequests,
-  ClientSecretBasic,
-  ClientSecretPost,
   Configuration,
   type CustomFetch,
   customFetch,
   discovery,
+  None,
   type ServerMetadata,
 } from 'openid-client';
 import type { Config } from '../config/schema.ts';
@@ -49,25 +48,6 @@ export function openidTimeoutSeconds(ms: number): number {
   return Number.isInteger(s * 1000) ? s : Math.ceil(s);
 }
 
-/** The configured client authentication as an openid-client ClientAuth. */
-function clientAuthOf(cfg: Config) {
-  const ts = cfg.tokenService;
-  switch (ts.clientAuth) {
-    case 'client_secret_basic':
-    case 'client_secret_post':
-      if (ts.clientSecret === undefined) {
-        throw new Error(`tokenService.clientSecret: required for clientAuth ${ts.clientAuth}`);
-      }
-      return ts.clientAuth === 'client_secret_basic'
-        ? ClientSecretBasic(ts.clientSecret)
-        : ClientSecretPost(ts.clientSecret);
-    default:
-      throw new Error(
-        `tokenService.clientAuth: ${ts.clientAuth} is not supported yet (use client_secret_basic or client_secret_post)`,
-      );
-  }
-}
-
 function describe(err: unknown): { message: string; code?: string } {
   if (err instanceof Error) {
     const code = (err as { code?: unknown }).code;
@@ -92,7 +72,8 @@ export function createTokenServiceMetadata(
   const logger = deps.logger;
   const issuerUrl = new URL(ts.issuer);
   const insecure = issuerUrl.protocol === 'http:';
-  const auth = clientAuthOf(cfg);
+  // openid-client is used for discovery only (introspection is ours, client-auth.ts): no client auth here.
+  const auth = None();
   const baseFetch = deps.fetch ?? globalThis.fetch;
   // Exact millisecond timeout on every openid-client request, whatever its own (seconds) timeout does.
   const fetchWithTimeout: CustomFetch = (url, options) => {

@@ -1,7 +1,5 @@
 import {
   createLocalJWKSet,
-  createRemoteJWKSet,
-  customFetch,
   decodeProtectedHeader,
   type JWK,
   type JWSHeaderParameters,
@@ -11,7 +9,7 @@ import {
   jwtVerify,
 } from 'jose';
 import { InvalidToken, TokenServiceUnavailable } from '../errors/gateway-errors.ts';
-import { jwksFetch } from './jwks-fetch.ts';
+import { createRemoteKeySet, JwksUnavailable, type RemoteKeySetOptions } from './remote-jwks.ts';
 
 export interface VerifiedJwt {
   /** The JWT as received (or minted). Never logged. */
@@ -36,15 +34,7 @@ export interface JwtVerifierOptions {
   /** Expected `typ` header when set (case-insensitive, `application/` prefix allowed). */
   typ?: string;
   clockSkewSeconds: number;
-  keys:
-    | {
-        kind: 'remote';
-        /** Resolved on first use (and on every reload): the URI may only be known after discovery. */
-        jwksUri: () => Promise<string>;
-        timeoutMs: number;
-        fetch?: typeof fetch;
-      }
-    | { kind: 'local'; jwks: { keys: JWK[] } };
+  keys: ({ kind: 'remote' } & RemoteKeySetOptions) | { kind: 'local'; jwks: { keys: JWK[] } };
 }
 
 /** `typ` values accepted when none is configured (RFC 8725 §3.11, RFC 9068 §2.1), after normalization. */
@@ -56,11 +46,6 @@ const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+$/;
 function normalizeTyp(typ: string): string {
   const t = typ.toLowerCase();
   return t.startsWith('application/') ? t.slice('application/'.length) : t;
-}
-
-/** The JWKS could not be obtained: "could not ask", not "said no". */
-class JwksUnavailable extends Error {
-  override name = 'JwksUnavailable';
 }
 
 /** A cause for the log that carries jose's code and message but not the claims it may hold. */
@@ -97,34 +82,7 @@ export function createJwtVerifier(opts: JwtVerifierOptions): JwtVerifier {
   if (keys.kind === 'local') {
     getKey = createLocalJWKSet({ keys: keys.jwks.keys });
   } else {
-    const fetchImpl = keys.fetch ?? globalThis.fetch;
-    let current: { uri: string; set: ReturnType<typeof createRemoteJWKSet> } | undefined;
-    getKey = async (header: JWSHeaderParameters, token) => {
-      // The URI provider may throw TokenServiceUnavailable (metadata unknown): passed through.
-      let uri: string;
-      try {
-        uri = await keys.jwksUri();
-      } catch (err) {
-        if (err instanceof TokenServiceUnavailable) throw err;
-        // e.g. the metadata has no jwks_uri: the token service's answer is unusable, not the token.
-        throw new TokenServiceUnavailable('bad_answer', err);
-      }
-      if (current === undefined || current.uri !== uri) {
-        current = {
-          uri,
-          set: createRemoteJWKSet(new URL(uri), {
-            timeoutDuration: Math.max(1, Math.round(keys.timeoutMs)),
-            cooldownDuration: 30_000,
-            cacheMaxAge: 600_000,
-            [customFetch]: jwksFetch(
-              fetchImpl,
-              (message, cause) => new JwksUnavailable(message, cause === undefined ? undefined : { cause }),
-            ),
-          }),
-        };
-      }
-      return current.set(header, token);
-    };
+    getKey = createRemoteKeySet(keys).getKey;
   }
 
   function refuse(cause: unknown): never {

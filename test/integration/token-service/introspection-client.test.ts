@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Config, ConfigSchema } from '../../../src/config/schema.ts';
 import { startDevTokenService } from '../../../src/demo/token-service.ts';
 import { type GatewayError, TokenServiceUnavailable } from '../../../src/errors/gateway-errors.ts';
+import { createClientAuth } from '../../../src/introspection/client-auth.ts';
 import {
   createIntrospectionClient,
   type Introspection,
@@ -49,14 +50,11 @@ function serialize(err: unknown): string {
 
 const started: TokenServiceMetadata[] = [];
 
-function clientFor(cfg: Config, fetchImpl?: typeof fetch) {
-  const metadata = createTokenServiceMetadata(cfg, { logger: silentLogger() });
+async function clientFor(cfg: Config, fetchImpl?: typeof fetch) {
+  const clientAuth = await createClientAuth(cfg, fetchImpl ? { fetch: fetchImpl } : {});
+  const metadata = createTokenServiceMetadata(cfg, { logger: silentLogger(), fetch: clientAuth.fetch });
   started.push(metadata);
-  const client = createIntrospectionClient(cfg, {
-    metadata,
-    logger: silentLogger(),
-    ...(fetchImpl ? { fetch: fetchImpl } : {}),
-  });
+  const client = createIntrospectionClient(cfg, { metadata, logger: silentLogger(), clientAuth });
   return { metadata, client };
 }
 
@@ -116,7 +114,7 @@ describe('against oidc-provider (dev token service)', () => {
     config({ issuer: dev.issuer, clientId: 'gw-basic', clientSecret: GW_SECRET, mode: 'mint', ...extra });
 
   it('discovers the metadata with openid-client; ready() flips after start()', async () => {
-    const { metadata } = clientFor(mintCfg());
+    const { metadata } = await clientFor(mintCfg());
     expect(metadata.ready()).toBe(false);
     await metadata.start();
     expect(metadata.ready()).toBe(true);
@@ -129,14 +127,14 @@ describe('against oidc-provider (dev token service)', () => {
   });
 
   it('is ready at once, without discovery, when the introspection endpoint is configured (mode mint)', async () => {
-    const { metadata } = clientFor(mintCfg({ introspectionEndpoint: dev.introspectionEndpoint }));
+    const { metadata } = await clientFor(mintCfg({ introspectionEndpoint: dev.introspectionEndpoint }));
     expect(metadata.ready()).toBe(true);
     expect((await metadata.get()).introspectionEndpoint).toBe(dev.introspectionEndpoint);
   });
 
   it('mint mode: an active opaque token introspects to its RFC 7662 claims, without a JWT', async () => {
     const { access_token } = await dev.issueToken('app', 'app-secret', 'invoice_read');
-    const { client } = clientFor(mintCfg());
+    const { client } = await clientFor(mintCfg());
     const r = await client.introspect(access_token, { requestId: 'req-1' });
     expect(r.active).toBe(true);
     if (!r.active) return;
@@ -152,14 +150,14 @@ describe('against oidc-provider (dev token service)', () => {
 
   it('client_secret_post works as well as client_secret_basic', async () => {
     const { access_token } = await dev.issueToken('other-app', 'other-secret');
-    const { client } = clientFor(mintCfg({ clientId: 'gw-post', clientAuth: 'client_secret_post' }));
+    const { client } = await clientFor(mintCfg({ clientId: 'gw-post', clientAuth: 'client_secret_post' }));
     const r = await client.introspect(access_token, { requestId: 'req-2' });
     expect(r).toMatchObject({ active: true, claims: { client_id: 'other-app' } });
   });
 
   it('a revoked token and a random token are inactive', async () => {
     const { access_token } = await dev.issueToken('app', 'app-secret', 'invoice_read');
-    const { client } = clientFor(mintCfg());
+    const { client } = await clientFor(mintCfg());
     expect((await client.introspect(access_token, { requestId: 'r' })).active).toBe(true);
     await dev.revoke(access_token);
     expect(await client.introspect(access_token, { requestId: 'r' })).toEqual({ active: false });
@@ -168,14 +166,14 @@ describe('against oidc-provider (dev token service)', () => {
 
   it('a wrong client secret is 502 bad_answer (our own credentials rejected), never 401', async () => {
     const { access_token } = await dev.issueToken('app', 'app-secret');
-    const { client } = clientFor(mintCfg({ clientSecret: 'wrong' }));
+    const { client } = await clientFor(mintCfg({ clientSecret: 'wrong' }));
     const e = await expectFailure(client.introspect(access_token, { requestId: 'r' }), access_token, 502);
     expect(serialize(e)).toContain('invalid_client');
   });
 
   it('claim mode: an answer without the JWT member is 502', async () => {
     const { access_token } = await dev.issueToken('app', 'app-secret');
-    const { client } = clientFor(
+    const { client } = await clientFor(
       config({
         issuer: dev.issuer,
         clientId: 'gw-basic',
@@ -189,7 +187,7 @@ describe('against oidc-provider (dev token service)', () => {
 
   it('accept-jwt mode: a server that answers JSON instead of a JWT is 502', async () => {
     const { access_token } = await dev.issueToken('app', 'app-secret');
-    const { client } = clientFor(
+    const { client } = await clientFor(
       config({ issuer: dev.issuer, clientId: 'gw-basic', clientSecret: GW_SECRET }),
     );
     await expectFailure(client.introspect(access_token, { requestId: 'r' }), access_token, 502);
@@ -241,7 +239,7 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
 
   it('200 application/jwt: returns the JWT and the Cache-Control max-age; the JWT verifies', async () => {
     const token = active({ maxAge: 60 });
-    const { client, metadata } = clientFor(cfgFor());
+    const { client, metadata } = await clientFor(cfgFor());
     expect(metadata.ready()).toBe(true);
     const r = await client.introspect(token, {
       requestId: 'req-42',
@@ -260,7 +258,7 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
 
   it('sends POST form token + token_type_hint, Basic auth (form-encoded), Accept, X-Request-Id and traceparent', async () => {
     const token = active();
-    const { client } = clientFor(cfgFor());
+    const { client } = await clientFor(cfgFor());
     const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
     await client.introspect(token, { requestId: 'req-shape', traceparent });
     const req = stub.requests.at(-1)!;
@@ -277,7 +275,7 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
 
   it('client_secret_post: credentials in the form, no Authorization header', async () => {
     const token = active();
-    const { client } = clientFor(cfgFor({ clientAuth: 'client_secret_post' }));
+    const { client } = await clientFor(cfgFor({ clientAuth: 'client_secret_post' }));
     expect((await client.introspect(token, { requestId: 'r' })).active).toBe(true);
     const req = stub.requests.at(-1)!;
     expect(req.headers.authorization).toBeUndefined();
@@ -286,19 +284,19 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
   });
 
   it('200 without Cache-Control has no maxAgeSeconds', async () => {
-    const { client } = clientFor(cfgFor());
+    const { client } = await clientFor(cfgFor());
     const r = await client.introspect(active(), { requestId: 'r' });
     expect(r.active && r.maxAgeSeconds).toBeUndefined();
   });
 
   it('204 means inactive', async () => {
-    const { client } = clientFor(cfgFor());
+    const { client } = await clientFor(cfgFor());
     expect(await client.introspect(stub.newToken(), { requestId: 'r' })).toEqual({ active: false });
   });
 
   it('discovers the stub from its issuer (no endpoint configured) and ready() flips', async () => {
     const cfg = config({ issuer: stub.issuer, clientId: 'gw', clientSecret: STUB_SECRET });
-    const { metadata, client } = clientFor(cfg);
+    const { metadata, client } = await clientFor(cfg);
     expect(metadata.ready()).toBe(false);
     // A request while unknown triggers one attempt itself.
     expect((await client.introspect(active(), { requestId: 'r' })).active).toBe(true);
@@ -325,7 +323,7 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
     ['jwt-claim:phantom_token', 502],
   ] as const)('behaviour %s maps to %i', async (behaviour, status) => {
     const token = active();
-    const { client } = clientFor(cfgFor());
+    const { client } = await clientFor(cfgFor());
     const calls = stub.calls;
     const e = await withBehaviour(behaviour, () =>
       expectFailure(client.introspect(token, { requestId: 'r' }), token, status),
@@ -336,7 +334,7 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
 
   it('429 with Retry-After: 7 → 503 with Retry-After 7', async () => {
     const token = active();
-    const { client } = clientFor(cfgFor());
+    const { client } = await clientFor(cfgFor());
     const e = await withBehaviour(
       'status:429',
       () => expectFailure(client.introspect(token, { requestId: 'r' }), token, 503),
@@ -349,7 +347,7 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
 
   it('503 with an absurd Retry-After → 5; with an HTTP date → the seconds until then', async () => {
     const token = active();
-    const { client } = clientFor(cfgFor());
+    const { client } = await clientFor(cfgFor());
     const absurd = await withBehaviour(
       'status:503',
       () => expectFailure(client.introspect(token, { requestId: 'r' }), token, 503),
@@ -372,7 +370,7 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
 
   it('a token service that never answers → 503 after timeoutMs', async () => {
     const token = active();
-    const { client } = clientFor(cfgFor({ timeoutMs: 300 }));
+    const { client } = await clientFor(cfgFor({ timeoutMs: 300 }));
     const t0 = performance.now();
     await withBehaviour('hang', () =>
       expectFailure(client.introspect(token, { requestId: 'r' }), token, 503),
@@ -384,11 +382,11 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
 
   it('a slow answer within timeoutMs is fine; beyond it → 503', async () => {
     const token = active();
-    const { client } = clientFor(cfgFor({ timeoutMs: 1000 }));
+    const { client } = await clientFor(cfgFor({ timeoutMs: 1000 }));
     expect((await withBehaviour('slow:100', () => client.introspect(token, { requestId: 'r' }))).active).toBe(
       true,
     );
-    const fast = clientFor(cfgFor({ timeoutMs: 200 })).client;
+    const fast = (await clientFor(cfgFor({ timeoutMs: 200 }))).client;
     await withBehaviour('slow:1500', () =>
       expectFailure(fast.introspect(token, { requestId: 'r' }), token, 503),
     );
@@ -397,7 +395,9 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
   it('connection refused → 503 with Retry-After', async () => {
     const port = await freePort();
     const token = stub.newToken();
-    const { client } = clientFor(cfgFor({ introspectionEndpoint: `http://127.0.0.1:${port}/introspect` }));
+    const { client } = await clientFor(
+      cfgFor({ introspectionEndpoint: `http://127.0.0.1:${port}/introspect` }),
+    );
     const e = await expectFailure(client.introspect(token, { requestId: 'r' }), token, 503);
     expect(e.headers['Retry-After']).toBe('5');
     expect(serialize(e)).toContain('ECONNREFUSED');
@@ -405,7 +405,7 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
 
   it('an unresolvable host → 503', async () => {
     const token = stub.newToken();
-    const { client } = clientFor(
+    const { client } = await clientFor(
       cfgFor({ introspectionEndpoint: 'http://phantom-gateway-test.invalid/introspect', timeoutMs: 1500 }),
     );
     await expectFailure(client.introspect(token, { requestId: 'r' }), token, 503);
@@ -413,7 +413,7 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
 
   it('wrong client credentials (the stub answers 401 invalid_client) → 502', async () => {
     const token = active();
-    const { client } = clientFor(cfgFor({ clientSecret: 'nope' }));
+    const { client } = await clientFor(cfgFor({ clientSecret: 'nope' }));
     await expectFailure(client.introspect(token, { requestId: 'r' }), token, 502);
   });
 
@@ -422,7 +422,7 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
 
     it('returns the JWT from the configured member and the JSON claims', async () => {
       const token = active();
-      const { client } = clientFor(claimCfg());
+      const { client } = await clientFor(claimCfg());
       const r = await withBehaviour('jwt-claim:phantom_token', () =>
         client.introspect(token, { requestId: 'r' }),
       );
@@ -432,7 +432,7 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
     });
 
     it('inactive JSON answer → inactive', async () => {
-      const { client } = clientFor(claimCfg());
+      const { client } = await clientFor(claimCfg());
       const r = await withBehaviour('jwt-claim:phantom_token', () =>
         client.introspect(stub.newToken(), { requestId: 'r' }),
       );
@@ -441,7 +441,7 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
 
     it('active without the configured member → 502', async () => {
       const token = active();
-      const { client } = clientFor(claimCfg());
+      const { client } = await clientFor(claimCfg());
       await withBehaviour('jwt-claim:jwt', () =>
         expectFailure(client.introspect(token, { requestId: 'r' }), token, 502),
       );
@@ -458,7 +458,7 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
       const token = stub.newToken();
       const fake: typeof fetch = async () =>
         new Response(body, { status: 200, headers: { 'content-type': 'application/json' } });
-      const { client } = clientFor(claimCfg(), fake);
+      const { client } = await clientFor(claimCfg(), fake);
       await expectFailure(client.introspect(token, { requestId: 'r' }), token, 502);
     });
   });
@@ -466,7 +466,7 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
   describe('mint mode', () => {
     it('active JSON answer → claims, no JWT', async () => {
       const token = active();
-      const { client } = clientFor(cfgFor({ mode: 'mint' }));
+      const { client } = await clientFor(cfgFor({ mode: 'mint' }));
       expect(await client.introspect(token, { requestId: 'r' })).toEqual({
         active: true,
         claims: { active: true, iss: stub.issuer, sub: 'alice', scope: 'invoice_read', client_id: 'web' },
@@ -476,7 +476,7 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
     it('a 204 is not a valid JSON-mode answer → 502', async () => {
       const token = stub.newToken();
       const fake: typeof fetch = async () => new Response(null, { status: 204 });
-      const { client } = clientFor(cfgFor({ mode: 'mint' }), fake);
+      const { client } = await clientFor(cfgFor({ mode: 'mint' }), fake);
       await expectFailure(client.introspect(token, { requestId: 'r' }), token, 502);
     });
   });
@@ -534,17 +534,6 @@ describe('token service metadata lifecycle', () => {
     } finally {
       await stub.close();
     }
-  });
-
-  it('refuses client authentication methods it cannot perform', () => {
-    expect(() =>
-      createTokenServiceMetadata(
-        config({ issuer: 'https://x.example', clientId: 'gw', clientAuth: 'private_key_jwt' }),
-        {
-          logger: silentLogger(),
-        },
-      ),
-    ).toThrow(/tokenService.clientAuth: private_key_jwt is not supported/);
   });
 });
 

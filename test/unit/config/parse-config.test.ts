@@ -370,7 +370,7 @@ describe('parseConfig cross-field rules', () => {
 
     it('accepts mode mint with jwt.mint, defaulting lifetimeSeconds to 300', () => {
       const config = parseConfig(minimal({ tokenService: ts({ mode: 'mint' }), jwt: { mint } }));
-      expect(config.jwt.mint).toEqual({ ...mint, lifetimeSeconds: 300 });
+      expect(config.jwt.mint).toEqual({ ...mint, lifetimeSeconds: 300, publishBeforeSignSeconds: 600 });
     });
 
     it('rejects jwt.mint with another mode', () => {
@@ -381,15 +381,63 @@ describe('parseConfig cross-field rules', () => {
   });
 
   describe('client authentication', () => {
-    it.each(['private_key_jwt', 'tls_client_auth'])(
-      'rejects clientAuth %s as not supported yet',
-      (clientAuth) => {
-        const tokenService = { issuer: 'https://login', clientId: 'gw', clientAuth };
-        expect(problemsOf(minimal({ tokenService }))).toEqual([
-          `tokenService.clientAuth: ${clientAuth} is not supported yet (use client_secret_basic or client_secret_post)`,
-        ]);
-      },
-    );
+    const ts = (extra: Raw) => ({ issuer: 'https://login', clientId: 'gw', clientSecret: 's', ...extra });
+
+    it('private_key_jwt needs privateKeyFile and takes no clientSecret', () => {
+      const base = { issuer: 'https://login', clientId: 'gw', clientAuth: 'private_key_jwt' };
+      expect(problemsOf(minimal({ tokenService: { ...base, clientSecret: 'x' } }))).toEqual([
+        'tokenService.clientSecret: is not used with clientAuth private_key_jwt (remove it: a secret nobody checks is a secret to leak)',
+        'tokenService.privateKeyFile: is required for clientAuth private_key_jwt',
+      ]);
+      const ok = parseConfig(
+        minimal({ tokenService: { ...base, privateKeyFile: '/k.pem', privateKeyAlg: 'PS256' } }),
+      );
+      expect(ok.tokenService.privateKeyFile).toBe('/k.pem');
+      expect(ok.tokenService.privateKeyAlg).toBe('PS256');
+    });
+
+    it('privateKeyFile / privateKeyAlg only apply to private_key_jwt', () => {
+      const tokenService = ts({ privateKeyFile: '/k.pem', privateKeyAlg: 'ES256' });
+      expect(problemsOf(minimal({ tokenService }))).toEqual([
+        'tokenService.privateKeyFile: only applies to clientAuth private_key_jwt (clientAuth is client_secret_basic (the default))',
+        'tokenService.privateKeyAlg: only applies to clientAuth private_key_jwt (clientAuth is client_secret_basic (the default))',
+      ]);
+    });
+
+    it('tls_client_auth needs a certificate, its key and an https token service', () => {
+      const base = { issuer: 'http://127.0.0.1:1', clientId: 'gw', clientAuth: 'tls_client_auth' };
+      expect(problemsOf(minimal({ tokenService: base }))).toEqual([
+        'tokenService.tlsCertFile: is required for clientAuth tls_client_auth',
+        'tokenService.tlsKeyFile: is required for clientAuth tls_client_auth',
+        'tokenService.issuer: must be an https URL with clientAuth tls_client_auth (the client certificate is sent in the TLS handshake)',
+      ]);
+      const ok = parseConfig(
+        minimal({
+          tokenService: {
+            ...base,
+            issuer: 'https://login',
+            tlsCertFile: '/c.pem',
+            tlsKeyFile: '/k.pem',
+            caFile: '/ca.pem',
+          },
+        }),
+      );
+      expect(ok.tokenService.tlsCertFile).toBe('/c.pem');
+      expect(ok.tokenService.caFile).toBe('/ca.pem');
+    });
+
+    it('a client certificate without its key (or the reverse) is a problem with any clientAuth', () => {
+      expect(problemsOf(minimal({ tokenService: ts({ tlsCertFile: '/c.pem' }) }))).toEqual([
+        'tokenService.tlsKeyFile: is required with tokenService.tlsCertFile (a client certificate needs its key)',
+      ]);
+    });
+
+    it('introspectionFormat jwt (RFC 9701) only applies to mode mint; json is the default', () => {
+      expect(parseConfig(minimal()).tokenService.introspectionFormat).toBe('json');
+      expect(problemsOf(minimal({ tokenService: ts({ introspectionFormat: 'jwt' }) }))).toEqual([
+        'tokenService.introspectionFormat: jwt (RFC 9701) only applies to mode mint (mode is accept-jwt); accept-jwt and claim receive the JWT itself',
+      ]);
+    });
 
     it.each(['client_secret_basic', 'client_secret_post'])(
       'rejects clientAuth %s without a clientSecret',
