@@ -19,6 +19,8 @@ export interface DevClient {
   token_endpoint_auth_method?: string;
   /** Default ['client_credentials']; [] for a client that only introspects. */
   grant_types?: string[];
+  /** Further client metadata (e.g. `jwks`, `introspection_signed_response_alg`, `tls_client_auth_subject_dn`). */
+  extra?: Record<string, unknown>;
 }
 
 export interface DevTokenServiceOptions {
@@ -161,6 +163,7 @@ export async function startDevTokenService(opts: DevTokenServiceOptions): Promis
       redirect_uris: [],
       token_endpoint_auth_method: c.token_endpoint_auth_method ?? 'client_secret_basic',
       ...(c.scope !== undefined ? { scope: c.scope } : {}),
+      ...c.extra,
     };
   });
 
