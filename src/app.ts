@@ -1,5 +1,5 @@
 import express, { type Express } from 'express';
-import { createAdminApp } from './admin/admin-app.ts';
+import { createAdminApp, createPublicJwksEndpoint } from './admin/admin-app.ts';
 import type { CacheEntry } from './cache/cache-entry.ts';
 import { createCacheEvents } from './cache/cache-events.ts';
 import { createCacheKeyer, resolveCacheSecret } from './cache/cache-key.ts';
@@ -11,15 +11,17 @@ import { createRevocation, type Revocation } from './cache/revocation.ts';
 import { createTieredCache } from './cache/tiered-cache.ts';
 import { createValueCipher } from './cache/value-crypto.ts';
 import type { Config } from './config/schema.ts';
-import { createErrorHandler } from './errors/error-handler.ts';
+import { createErrorHandler, describeError } from './errors/error-handler.ts';
 import { type ClientAuth, createClientAuth } from './introspection/client-auth.ts';
 import { createIntrospectionClient, type IntrospectionClient } from './introspection/introspection-client.ts';
+import { createJwtIntrospectionVerifierFromConfig } from './introspection/jwt-introspection.ts';
 import {
   createTokenServiceMetadata,
   type TokenServiceMetadata,
 } from './introspection/token-service-metadata.ts';
+import { createKeyRing, type KeyRing } from './jwt/key-ring.ts';
 import { createMinter, type Minter } from './jwt/mint-jwt.ts';
-import { loadSigningKeys, type SigningKeys } from './jwt/signing-keys.ts';
+import { SIGNING_ALGORITHMS } from './jwt/signing-keys.ts';
 import { createJwtVerifier, type JwtVerifier } from './jwt/verify-jwt.ts';
 import { createAccessLog } from './observability/access-log.ts';
 import type { Logger } from './observability/logger.ts';
@@ -49,6 +51,12 @@ export interface Gateway {
   /** The counters plus Redis errors and circuit state, read at call time. */
   cacheMetrics(): ReturnType<typeof cacheMetricsSnapshot>;
   revocation: Revocation;
+  /**
+   * SIGHUP: re-reads key material from files — the mint signing keys (jwt.mint.signingKeysFile)
+   * and the client credentials (client auth). Each part logs its own success or failure; a
+   * failure keeps that part's old material. Never throws.
+   */
+  reloadKeys(): Promise<void>;
   /** Stops background work and closes Redis and upstream connections. */
   close(): Promise<void>;
 }
@@ -80,29 +88,51 @@ export async function createGateway(
   try {
     clientAuth = await createClientAuth(config);
     metadata = createTokenServiceMetadata(config, { logger, fetch: clientAuth.fetch });
-    introspection = createIntrospectionClient(config, { metadata, logger, clientAuth });
+    // RFC 9701 (mode mint, introspectionFormat: jwt): signed answers verified against the token service's JWKS.
+    const jwtResponses =
+      config.tokenService.introspectionFormat === 'jwt'
+        ? createJwtIntrospectionVerifierFromConfig(config, { metadata, fetch: clientAuth.fetch })
+        : undefined;
+    introspection = createIntrospectionClient(config, {
+      metadata,
+      logger,
+      clientAuth,
+      ...(jwtResponses ? { jwtResponses } : {}),
+    });
   } catch (err) {
     throw new StartupConfigError((err as Error).message);
   }
 
   let verifier: JwtVerifier;
-  let signingKeys: SigningKeys | undefined;
+  let keyRing: KeyRing | undefined;
   let minter: Minter | undefined;
   const mint = config.jwt.mint;
   if (config.tokenService.mode === 'mint' && mint !== undefined) {
     try {
-      signingKeys = await loadSigningKeys(mint.signingKeysFile);
+      keyRing = await createKeyRing({
+        file: mint.signingKeysFile,
+        publishBeforeSignSeconds: mint.publishBeforeSignSeconds,
+        lifetimeSeconds: mint.lifetimeSeconds,
+        logger,
+      });
     } catch (err) {
-      throw new StartupConfigError(`jwt.mint.signingKeysFile: ${(err as Error).message}`);
+      throw new StartupConfigError((err as Error).message);
     }
-    minter = createMinter({ issuer: mint.issuer, lifetimeSeconds: mint.lifetimeSeconds, keys: signingKeys });
-    // Minted JWTs read back from Redis are verified against our own public keys.
+    const ring = keyRing;
+    minter = createMinter({
+      issuer: mint.issuer,
+      lifetimeSeconds: mint.lifetimeSeconds,
+      signer: () => ring.signer(),
+    });
+    // Minted JWTs read back from Redis are verified against our own public keys as published now
+    // (removed keys stay published while JWTs they signed live). Every signing algorithm is
+    // allowed: the ring's keys change on reload, and each published key is bound to its own alg.
     verifier = createJwtVerifier({
-      algorithms: [signingKeys.alg],
+      algorithms: [...SIGNING_ALGORITHMS],
       issuer: mint.issuer,
       typ: 'at+jwt',
       clockSkewSeconds: config.jwt.clockSkewSeconds,
-      keys: { kind: 'local', jwks: signingKeys.publicJwks },
+      keys: { kind: 'local', jwks: () => ring.publicJwks() },
     });
   } else {
     verifier = createJwtVerifier({
@@ -149,6 +179,8 @@ export async function createGateway(
         return undefined;
       }
     },
+    // An L1 entry whose signing key has left the key set is dropped (re-introspected).
+    stillValid: (e) => verifier.isPublished(e.kid) !== false,
   });
   const events = createCacheEvents(
     redis,
@@ -178,9 +210,12 @@ export async function createGateway(
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
+  app.use(createRequestId(), createAccessLog(logger));
+  // jwt.mint.jwksPath: the public keys of minted JWTs, without a token, before route matching.
+  if (keyRing !== undefined && mint?.jwksPath !== undefined) {
+    app.use(createPublicJwksEndpoint(mint.jwksPath, keyRing));
+  }
   app.use(
-    createRequestId(),
-    createAccessLog(logger),
     createMatchRoute(() => table),
     createExtractToken(),
     resolver.middleware,
@@ -199,7 +234,7 @@ export async function createGateway(
     ...(config.admin.token !== undefined ? { adminToken: config.admin.token } : {}),
     ready: () => metadata.ready(),
     redisState: () => (redis ? redis.state() : 'disabled'),
-    ...(signingKeys ? { jwks: signingKeys.publicJwks } : {}),
+    ...(keyRing ? { jwks: keyRing } : {}),
   });
 
   return {
@@ -210,6 +245,26 @@ export async function createGateway(
     metrics,
     cacheMetrics: () => cacheMetricsSnapshot(metrics, redis),
     revocation,
+    async reloadKeys() {
+      if (keyRing !== undefined) {
+        // Success is logged by the ring (with the published kids and the signer).
+        await keyRing.reload().catch((err: unknown) => {
+          logger.error(
+            { err: describeError(err) },
+            'signing keys reload failed: the previous keys stay in use',
+          );
+        });
+      }
+      try {
+        await clientAuth.reload();
+        logger.info('client credentials reloaded (tokenService.clientAuth)');
+      } catch (err) {
+        logger.error(
+          { err: describeError(err) },
+          'client credentials reload failed (tokenService.clientAuth): the previous ones stay in use',
+        );
+      }
+    },
     async close() {
       metadata.stop();
       forward.close();

@@ -7,6 +7,7 @@ import { loadConfig } from './config/load-config.ts';
 import { ConfigError } from './config/parse-config.ts';
 import type { Config } from './config/schema.ts';
 import { describeError } from './errors/error-handler.ts';
+import { IssuerMismatchError } from './introspection/token-service-metadata.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
 
 /** Exit codes of SPEC §2. */
@@ -63,10 +64,18 @@ function portOf(server: Server): number {
  */
 export async function startGateway(config: Config, logger: Logger): Promise<RunningGateway> {
   const gateway = await createGateway(config, { logger });
-  if (config.tokenService.requireAtStartup) {
-    try {
-      await gateway.metadata.start();
-    } catch (err) {
+  // The first discovery attempt (bounded by tokenService.timeoutMs) always runs before listening:
+  // an issuer mismatch is a configuration error and stops the start (exit 2) whatever
+  // requireAtStartup says; an unreachable token service stops it only with requireAtStartup
+  // (otherwise readyz is false and the metadata module retries in the background).
+  try {
+    await gateway.metadata.start();
+  } catch (err) {
+    if (err instanceof IssuerMismatchError) {
+      await gateway.close();
+      throw err;
+    }
+    if (config.tokenService.requireAtStartup) {
       await gateway.close();
       throw Object.assign(
         new Error('token service discovery failed at startup (tokenService.requireAtStartup is true)'),
@@ -75,10 +84,6 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
         },
       );
     }
-  } else {
-    gateway.metadata.start().catch(() => {
-      /* logged by the metadata module; retried in the background */
-    });
   }
 
   let publicServer: Server;
@@ -157,6 +162,26 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
   return { gateway, publicServer, adminServer, shutdown };
 }
 
+/**
+ * SIGHUP: re-read key material from files (mint signing keys, client credentials). Never a
+ * shutdown and never a crash: failures are logged and the old material stays. Installed before
+ * startup so an early SIGHUP does not kill the process (its default action); ignored until the
+ * gateway runs.
+ */
+function createHangupHandler(logger: Logger, gateway: () => Gateway | undefined): () => void {
+  return () => {
+    const gw = gateway();
+    if (gw === undefined) {
+      logger.warn({ signal: 'SIGHUP' }, 'signal received before the gateway started: ignored');
+      return;
+    }
+    logger.info({ signal: 'SIGHUP' }, 'signal received: reloading key material');
+    gw.reloadKeys().catch((err: unknown) => {
+      logger.error({ err: describeError(err) }, 'reload failed');
+    });
+  };
+}
+
 /** `phantom-gateway serve`: returns the process exit code. */
 export async function serve(configFile: string): Promise<number> {
   const logger = createLogger();
@@ -173,8 +198,14 @@ export async function serve(configFile: string): Promise<number> {
     throw err;
   }
   let running: RunningGateway;
+  let started: Gateway | undefined;
+  process.on(
+    'SIGHUP',
+    createHangupHandler(logger, () => started),
+  );
   try {
     running = await startGateway(config, logger);
+    started = running.gateway;
   } catch (err) {
     if (err instanceof StartupConfigError) {
       logger.error({ configFile }, err.message);

@@ -14,6 +14,31 @@ export function adminTokenMatches(header: string | undefined, expected: string):
   return timingSafeEqual(a, b);
 }
 
+/** Where the published JWKS comes from (the mint key ring), read on every request. */
+export interface JwksSource {
+  publicJwks(): { keys: unknown[] };
+  /** `Cache-Control: max-age`, short so verifiers see a new key well before it signs. */
+  maxAgeSeconds: number;
+}
+
+function sendJwks(res: Response, jwks: JwksSource): void {
+  res.set('Cache-Control', `public, max-age=${jwks.maxAgeSeconds}`).json(jwks.publicJwks());
+}
+
+/**
+ * `jwt.mint.jwksPath` on the PUBLIC listener: GET/HEAD of exactly that path (as received, query
+ * ignored) answers the JWKS without a token, before route matching; anything else goes on down
+ * the pipeline.
+ */
+export function createPublicJwksEndpoint(path: string, jwks: JwksSource): RequestHandler {
+  return function publicJwks(req, res, next) {
+    if (req.method !== 'GET' && req.method !== 'HEAD') return next();
+    const q = req.url.indexOf('?');
+    if ((q === -1 ? req.url : req.url.slice(0, q)) !== path) return next();
+    sendJwks(res, jwks);
+  };
+}
+
 function adminError(res: Response, status: number, error: string, description: string): void {
   res.status(status).set('Cache-Control', 'no-store').json({ error, error_description: description });
 }
@@ -26,7 +51,8 @@ function adminError(res: Response, status: number, error: string, description: s
 export function createAdminApp(opts: {
   ready: () => boolean;
   redisState: () => string;
-  jwks?: { keys: unknown[] };
+  /** The mint key ring; absent outside mode mint (→ 404). */
+  jwks?: JwksSource;
   adminToken?: string;
   revocation: Revocation;
   logger: Logger;
@@ -51,7 +77,7 @@ export function createAdminApp(opts: {
       adminError(res, 404, 'not_found', 'No signing keys: the gateway is not in mint mode');
       return;
     }
-    res.set('Cache-Control', 'public, max-age=300').json(opts.jwks);
+    sendJwks(res, opts.jwks);
   });
 
   admin.post(

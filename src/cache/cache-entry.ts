@@ -8,6 +8,8 @@ export interface CacheEntry {
   exp: number;
   /** HMAC of the JWT's `sub` (purge by subject evicts every entry with it). */
   subTag?: string;
+  /** `kid` of the key that signed `jwt`: an L1 hit whose key is no longer published is dropped. */
+  kid?: string;
 }
 
 /**

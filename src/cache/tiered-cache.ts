@@ -66,6 +66,12 @@ export interface TieredCacheOptions {
   clockSkewSeconds: number;
   /** Upper bound of any TTL; also the TTL of subject index keys (≥ every entry they index). */
   maxTtlSeconds: number;
+  /**
+   * Asked on every L1 hit (must be cheap and synchronous): false drops the entry and the lookup
+   * goes on as a miss (e.g. its JWT was signed by a key no longer published). L2 values are
+   * re-verified by `revive` instead.
+   */
+  stillValid?: (entry: CacheEntry) => boolean;
 }
 
 /**
@@ -124,8 +130,11 @@ export function createTieredCache(opts: TieredCacheOptions): TieredCache {
   return {
     async lookup(ref, lookupOpts) {
       if (lookupOpts?.l2Only !== true) {
-        const l1 = memory.get(slotOf(ref));
-        if (l1 !== undefined) {
+        const slot = slotOf(ref);
+        const l1 = memory.get(slot);
+        if (l1 !== undefined && opts.stillValid !== undefined && !opts.stillValid(l1)) {
+          memory.delete(slot);
+        } else if (l1 !== undefined) {
           metrics.hitsL1++;
           return { kind: 'hit', entry: l1, level: 'l1' };
         }

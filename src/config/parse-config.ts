@@ -521,6 +521,12 @@ function tokenServiceProblems(raw: Record<string, unknown>): ConfigProblem[] {
       }
     }
   }
+  if (ts['introspectionAccept'] !== undefined && mode !== 'claim') {
+    problems.push({
+      path: 'tokenService.introspectionAccept',
+      message: `only applies to mode claim (mode is ${mode})`,
+    });
+  }
   if (ts['introspectionFormat'] === 'jwt' && mode !== 'mint') {
     problems.push({
       path: 'tokenService.introspectionFormat',

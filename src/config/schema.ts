@@ -135,6 +135,8 @@ export const ConfigSchema = z.strictObject({
     tlsKeyFile: z.string().min(1).optional(),
     /** PEM CA bundle trusted for the token service's TLS (discovery, JWKS, introspection) instead of the system CAs. */
     caFile: z.string().min(1).optional(),
+    /** mode claim: the Accept header of the introspection request (Keycloak returns its `jwt` member only for application/jwt). */
+    introspectionAccept: z.enum(['application/json', 'application/jwt']).default('application/json'),
     /** mode mint: RFC 7662 JSON answers, or RFC 9701 signed JWT answers (`application/token-introspection+jwt`). */
     introspectionFormat: z.enum(['json', 'jwt']).default('json'),
     timeoutMs: int(50, 60_000).default(2000),

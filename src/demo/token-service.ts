@@ -1,7 +1,11 @@
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { X509Certificate } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { exportJWK, generateKeyPair } from 'jose';
 import type { Adapter, AdapterPayload, Configuration } from 'oidc-provider';
+import { Agent } from 'undici';
 
 /**
  * A development token service on oidc-provider 9: real opaque access tokens (client_credentials),
@@ -12,7 +16,8 @@ import type { Adapter, AdapterPayload, Configuration } from 'oidc-provider';
 
 export interface DevClient {
   client_id: string;
-  client_secret: string;
+  /** Absent for a client that authenticates with private_key_jwt or tls_client_auth. */
+  client_secret?: string;
   /** Scopes the client may request (space-separated). */
   scope?: string;
   /** Default client_secret_basic. */
@@ -33,6 +38,25 @@ export interface DevTokenServiceOptions {
   accessTokenTtlSeconds?: number;
   /** The gateway's client (or clients): may introspect (and revoke) the tokens of every client. */
   introspectionClientId?: string | string[];
+  /**
+   * Serve HTTPS and enable RFC 8705 tls_client_auth: `cert`/`key` are the server's certificate
+   * (PEM), `ca` the CA(s) whose client certificates count as verified (also trusted by
+   * issueToken() for the server's own certificate: tests use one private CA). Client
+   * certificates are asked for but not required in the handshake, so a missing or foreign one is
+   * the provider's invalid_client, as with a real deployment.
+   */
+  tls?: DevTokenServiceTls;
+}
+
+export interface DevTokenServiceTls {
+  cert: string;
+  key: string;
+  ca: string;
+  /**
+   * Only a second listener asks for client certificates, published as RFC 8705 §5
+   * `mtls_endpoint_aliases` (token, introspection, revocation); the main listener does not ask.
+   */
+  mtlsEndpointAliases?: boolean;
 }
 
 export interface DevTokenService {
@@ -41,6 +65,8 @@ export interface DevTokenService {
   introspectionEndpoint: string;
   revocationEndpoint: string;
   jwksUri: string;
+  /** With `tls.mtlsEndpointAliases`: the introspection endpoint of the listener that asks for client certificates. */
+  mtlsIntrospectionEndpoint?: string;
   /** client_credentials grant at the token endpoint, with the client's own auth method. */
   issueToken(
     clientId: string,
@@ -105,6 +131,40 @@ function memoryAdapterFactory(): (model: string) => Adapter {
   };
 }
 
+/**
+ * oidc-provider's RFC 8705 feature for tls_client_auth: the certificate is the one the TLS
+ * handshake received, "verified" means it chains to `tls.ca`, and `tls_client_auth_subject_dn`
+ * is compared with the subject in RFC 4514 order (`CN=gw,O=example`: last RDN first).
+ */
+function mtlsFeature() {
+  const peer = (ctx: { socket: unknown }): X509Certificate | undefined => {
+    const socket = ctx.socket as Partial<TLSSocket>;
+    const raw = socket.getPeerCertificate?.(true)?.raw;
+    return raw === undefined ? undefined : new X509Certificate(raw);
+  };
+  return {
+    enabled: true,
+    tlsClientAuth: true,
+    getCertificate: (ctx: { socket: unknown }) => peer(ctx)?.toString(),
+    certificateAuthorized: (ctx: { socket: unknown }) =>
+      (ctx.socket as Partial<TLSSocket>).authorized === true,
+    certificateSubjectMatches: (ctx: { socket: unknown }, property: string, expected: string) => {
+      const cert = peer(ctx);
+      if (cert === undefined) return false;
+      switch (property) {
+        case 'tls_client_auth_subject_dn':
+          return cert.subject.split('\n').reverse().join(',') === expected;
+        case 'tls_client_auth_san_dns':
+          return cert.checkHost(expected, { subject: 'never' }) === expected;
+        case 'tls_client_auth_san_ip':
+          return cert.checkIP(expected) === expected;
+        default:
+          return false;
+      }
+    },
+  };
+}
+
 /** Signing keys for the provider itself (ID tokens, JWT introspection responses). */
 async function providerJwks(): Promise<{ keys: Record<string, unknown>[] }> {
   const [rsa, ec] = await Promise.all([
@@ -126,23 +186,36 @@ export async function startDevTokenService(opts: DevTokenServiceOptions): Promis
   // The issuer needs the port, the port needs a listening server: bind first, attach the provider after.
   let handler: ((req: IncomingMessage, res: ServerResponse) => void) | undefined;
   let introspections = 0;
-  const server = createServer((req, res) => {
+  const listener = (req: IncomingMessage, res: ServerResponse) => {
     if (req.method === 'POST' && req.url?.split('?')[0] === '/token/introspection') introspections++;
     if (handler) handler(req, res);
     else {
       res.statusCode = 503;
       res.end();
     }
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port ?? 0, host, () => {
-      server.off('error', reject);
-      resolve();
+  };
+  const tls = opts.tls;
+  const httpsServer = (requestCert: boolean): Server =>
+    createHttpsServer(
+      // rejectUnauthorized false: the provider, not the handshake, judges the client certificate.
+      { cert: tls!.cert, key: tls!.key, ca: tls!.ca, requestCert, rejectUnauthorized: false },
+      listener,
+    );
+  const server = tls ? httpsServer(tls.mtlsEndpointAliases !== true) : createServer(listener);
+  const mtlsServer = tls?.mtlsEndpointAliases === true ? httpsServer(true) : undefined;
+  const listen = (srv: Server, port: number) =>
+    new Promise<number>((resolve, reject) => {
+      srv.once('error', reject);
+      srv.listen(port, host, () => {
+        srv.off('error', reject);
+        resolve((srv.address() as AddressInfo).port);
+      });
     });
-  });
-  const { port } = server.address() as AddressInfo;
-  const origin = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const port = await listen(server, opts.port ?? 0);
+  const mtlsPort = mtlsServer ? await listen(mtlsServer, 0) : undefined;
+  const hostPart = host.includes(':') ? `[${host}]` : host;
+  const origin = `${tls ? 'https' : 'http'}://${hostPart}:${port}`;
+  const mtlsOrigin = mtlsPort === undefined ? undefined : `https://${hostPart}:${mtlsPort}`;
   const issuer = origin;
 
   const gatewayClients =
@@ -157,7 +230,7 @@ export async function startDevTokenService(opts: DevTokenServiceOptions): Promis
     const grantTypes = c.grant_types ?? ['client_credentials'];
     return {
       client_id: c.client_id,
-      client_secret: c.client_secret,
+      ...(c.client_secret !== undefined ? { client_secret: c.client_secret } : {}),
       grant_types: grantTypes,
       response_types: [],
       redirect_uris: [],
@@ -195,7 +268,28 @@ export async function startDevTokenService(opts: DevTokenServiceOptions): Promis
         allowedPolicy: (_ctx: unknown, client: { clientId: string }, token: { clientId?: string }) =>
           client.clientId === token.clientId || gatewayClients?.has(client.clientId) === true,
       },
+      ...(tls ? { mTLS: mtlsFeature() } : {}),
     },
+    // oidc-provider's default methods, plus RFC 8705 tls_client_auth when serving HTTPS.
+    clientAuthMethods: [
+      'client_secret_basic',
+      'client_secret_jwt',
+      'client_secret_post',
+      'private_key_jwt',
+      'none',
+      ...(tls ? ['tls_client_auth'] : []),
+    ],
+    ...(mtlsOrigin
+      ? {
+          discovery: {
+            mtls_endpoint_aliases: {
+              token_endpoint: `${mtlsOrigin}/token`,
+              introspection_endpoint: `${mtlsOrigin}/token/introspection`,
+              revocation_endpoint: `${mtlsOrigin}/token/revocation`,
+            },
+          },
+        }
+      : {}),
     // Only used if a browser reaches the authorization endpoint: no dev interactions here.
     interactions: { url: () => '/interaction-unavailable' },
     renderError: (ctx: { type: string; body: unknown }, out: Record<string, unknown>) => {
@@ -206,6 +300,8 @@ export async function startDevTokenService(opts: DevTokenServiceOptions): Promis
 
   const provider = new Provider(issuer, configuration as unknown as Configuration);
   handler = provider.callback();
+  // issueToken() trusts the dev CA for the server's own certificate.
+  const issueAgent = tls ? new Agent({ connect: { ca: tls.ca } }) : undefined;
 
   const tokenEndpoint = `${origin}/token`;
   const introspectionEndpoint = `${origin}/token/introspection`;
@@ -219,6 +315,7 @@ export async function startDevTokenService(opts: DevTokenServiceOptions): Promis
     introspectionEndpoint,
     revocationEndpoint,
     jwksUri,
+    ...(mtlsOrigin ? { mtlsIntrospectionEndpoint: `${mtlsOrigin}/token/introspection` } : {}),
     async issueToken(clientId, clientSecret, scope) {
       const body = new URLSearchParams({ grant_type: 'client_credentials' });
       if (scope !== undefined) body.set('scope', scope);
@@ -236,7 +333,8 @@ export async function startDevTokenService(opts: DevTokenServiceOptions): Promis
         headers,
         body,
         signal: AbortSignal.timeout(5000),
-      });
+        ...(issueAgent ? { dispatcher: issueAgent } : {}),
+      } as RequestInit);
       const json = (await res.json()) as { access_token?: string; expires_in?: number; error?: string };
       if (res.status !== 200 || typeof json.access_token !== 'string') {
         throw new Error(
@@ -253,8 +351,17 @@ export async function startDevTokenService(opts: DevTokenServiceOptions): Promis
     },
     introspectionCount: () => introspections,
     async close() {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await issueAgent?.close();
+      await Promise.all(
+        [server, mtlsServer].map(
+          (srv) =>
+            srv &&
+            new Promise<void>((resolve) => {
+              srv.closeAllConnections();
+              srv.close(() => resolve());
+            }),
+        ),
+      );
     },
   };
 }

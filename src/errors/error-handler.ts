@@ -58,7 +58,11 @@ export function createErrorHandler(opts: { realm: () => string; logger: Logger }
         'unexpected error in request pipeline',
       );
     }
-    if (c) c.reason = gErr.reason;
+    if (c) {
+      c.reason = gErr.reason;
+      // The precise cause (e.g. which JWT check failed) goes to the access log, never the response.
+      if (err instanceof GatewayError && err.cause !== undefined) c.cause = describeError(err.cause);
+    }
     if (res.headersSent) {
       // Mid-stream failure: the status is gone; cut the connection so the client sees a truncated response.
       res.destroy();

@@ -1,8 +1,10 @@
 import type { Config } from '../config/schema.ts';
+import { describeError } from '../errors/error-handler.ts';
 import { GatewayError, TokenServiceUnavailable } from '../errors/gateway-errors.ts';
 import type { Logger } from '../observability/logger.ts';
 import { readBodyLimited } from '../util/read-body.ts';
 import type { ClientAuth } from './client-auth.ts';
+import { type JwtIntrospectionVerifier, TOKEN_INTROSPECTION_JWT } from './jwt-introspection.ts';
 import type { TokenServiceMetadata } from './token-service-metadata.ts';
 
 /** The answer of one introspection, already checked against the mode's contract (SPEC §6). */
@@ -27,8 +29,24 @@ export interface IntrospectionClient {
 const MAX_BODY_BYTES = 1024 * 1024;
 /** Retry-After we send when the token service gives none (or an absurd one). */
 const DEFAULT_RETRY_AFTER = 5;
-/** Shape of a compact JWS; an empty signature is let through so the verifier refuses it as jwt_invalid (401). */
-const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
+/** Random wait (ms) before the one retry after a connection reset, so replicas do not retry in step. */
+const RESET_RETRY_JITTER_MS = [10, 100] as const;
+/** The retry after a reset runs only if this much of the deadline is left (the larger of the two). */
+const RESET_RETRY_MIN_BUDGET_MS = 50;
+const RESET_RETRY_MIN_BUDGET_SHARE = 0.25;
+/**
+ * Whether an answer is meant as a JWT: 3 (JWS) or 5 (JWE) dot-separated parts of base64url text
+ * (whitespace tolerated, so that a JWT with a line break in it is judged — and refused — by the
+ * verifier as jwt_invalid, 401). Anything else (HTML, JSON, junk) is an unusable answer (502).
+ */
+function looksLikeJwt(text: string): boolean {
+  const parts = text.split('.');
+  return (
+    (parts.length === 3 || parts.length === 5) &&
+    /[A-Za-z0-9_-]/.test(parts[0]!) &&
+    parts.every((p) => /^[A-Za-z0-9_\-\s]*$/.test(p))
+  );
+}
 
 /**
  * Why an introspection failed, for the operator's log (the `cause` of the gateway error). Built
@@ -95,10 +113,16 @@ function badAnswer(message: string, details: { status?: number; code?: string } 
   return new TokenServiceUnavailable('bad_answer', new IntrospectionFailure(message, details));
 }
 
+/** The fetch ended because the deadline (AbortSignal.timeout) fired. */
+function isTimeout(err: unknown): boolean {
+  const name = (err as { name?: unknown } | undefined)?.name;
+  return name === 'TimeoutError' || name === 'AbortError';
+}
+
 /** Network-level failure (refused, DNS, TLS, reset, timeout) → "could not ask". */
 function networkFailure(err: unknown, timeoutMs: number): TokenServiceUnavailable {
   const e = err as Error & { cause?: { code?: unknown; message?: unknown } };
-  if (e?.name === 'TimeoutError' || e?.name === 'AbortError') {
+  if (isTimeout(err)) {
     return unreachable(`introspection request timed out after ${timeoutMs} ms`, { code: 'TIMEOUT' });
   }
   const code = typeof e?.cause?.code === 'string' ? e.cause.code : undefined;
@@ -106,6 +130,28 @@ function networkFailure(err: unknown, timeoutMs: number): TokenServiceUnavailabl
   // operator's log, and it never contains the request body (where the token is).
   const detail = typeof e?.cause?.message === 'string' ? e.cause.message : e?.message;
   return unreachable(`introspection request failed: ${detail ?? 'network error'}`, code ? { code } : {});
+}
+
+/** undici's error code of a failed fetch (`cause.code`), if any. */
+function networkCode(err: unknown): string | undefined {
+  const code = (err as { cause?: { code?: unknown } } | undefined)?.cause?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+/**
+ * The wait before the one retry of an introspection whose connection was reset or closed before
+ * any answer (introspection is idempotent; typically a keep-alive connection the token service
+ * had just closed), or undefined when no retry is due: any other failure (refused, DNS, TLS,
+ * timeout), or too little of the deadline left after the jitter.
+ */
+function resetRetryDelay(err: unknown, leftMs: number, timeoutMs: number): number | undefined {
+  if (isTimeout(err)) return undefined;
+  const code = networkCode(err);
+  if (code !== 'ECONNRESET' && code !== 'UND_ERR_SOCKET' && code !== 'EPIPE') return undefined;
+  const [min, max] = RESET_RETRY_JITTER_MS;
+  const wait = min + Math.random() * (max - min);
+  const needed = Math.max(RESET_RETRY_MIN_BUDGET_MS, timeoutMs * RESET_RETRY_MIN_BUDGET_SHARE);
+  return leftMs - wait >= needed ? wait : undefined;
 }
 
 async function readBody(res: Response): Promise<Uint8Array> {
@@ -140,36 +186,82 @@ function oauthErrorCode(body: Uint8Array, token: string): string | undefined {
  */
 export function createIntrospectionClient(
   cfg: Config,
-  deps: { metadata: TokenServiceMetadata; logger: Logger; clientAuth: ClientAuth },
+  deps: {
+    metadata: TokenServiceMetadata;
+    logger: Logger;
+    clientAuth: ClientAuth;
+    /** Mode mint with `introspectionFormat: jwt`: verifies the RFC 9701 signed answers (required then). */
+    jwtResponses?: JwtIntrospectionVerifier;
+  },
 ): IntrospectionClient {
   const ts = cfg.tokenService;
+  // accept-jwt: Curity's phantom token answer; claim: JSON (Keycloak returns its `jwt` member only
+  // when asked with Accept: application/jwt, hence introspectionAccept); mint: JSON or RFC 9701.
+  const acceptHeader =
+    ts.mode === 'accept-jwt'
+      ? 'application/jwt'
+      : ts.mode === 'claim'
+        ? ts.introspectionAccept
+        : ts.introspectionFormat === 'jwt'
+          ? TOKEN_INTROSPECTION_JWT
+          : 'application/json';
   const fetchImpl = deps.clientAuth.fetch;
   if (ts.mode === 'claim' && ts.jwtClaim === undefined)
     throw new Error('tokenService.jwtClaim: required in mode claim');
+  // RFC 9701 signed answers: mode mint only (parse-config.ts), verified by deps.jwtResponses.
+  const jwtResponses = ts.mode === 'mint' && ts.introspectionFormat === 'jwt' ? deps.jwtResponses : undefined;
+  if (ts.mode === 'mint' && ts.introspectionFormat === 'jwt' && jwtResponses === undefined)
+    throw new Error('tokenService.introspectionFormat: jwt needs a verifier for the signed answers');
 
   async function send(token: string, ctx: { requestId: string; traceparent?: string }) {
     const { introspectionEndpoint } = await deps.metadata.get();
     const body = new URLSearchParams({ token, token_type_hint: 'access_token' });
     const headers = new Headers({
       'content-type': 'application/x-www-form-urlencoded',
-      accept: ts.mode === 'accept-jwt' ? 'application/jwt' : 'application/json',
+      accept: acceptHeader,
       'x-request-id': ctx.requestId,
     });
     if (ctx.traceparent !== undefined) headers.set('traceparent', ctx.traceparent);
-    await deps.clientAuth.apply({ headers, body, endpoint: introspectionEndpoint });
-    // One deadline for connect, headers and body.
+    // One deadline for connect, headers and body, shared by the retry after a reset.
     const signal = AbortSignal.timeout(ts.timeoutMs);
+    const deadline = performance.now() + ts.timeoutMs;
     let res: Response;
-    try {
-      res = await fetchImpl(introspectionEndpoint, {
-        method: 'POST',
-        headers,
-        body,
-        redirect: 'manual',
-        signal,
+    for (let attempt = 1; ; attempt++) {
+      // Client authentication per attempt: a private_key_jwt assertion (jti) is single-use.
+      const attemptHeaders = new Headers(headers);
+      const attemptBody = new URLSearchParams(body);
+      await deps.clientAuth.apply({
+        headers: attemptHeaders,
+        body: attemptBody,
+        endpoint: introspectionEndpoint,
       });
-    } catch (err) {
-      throw networkFailure(err, ts.timeoutMs);
+      try {
+        res = await fetchImpl(introspectionEndpoint, {
+          method: 'POST',
+          headers: attemptHeaders,
+          body: attemptBody,
+          redirect: 'manual',
+          signal,
+        });
+        break;
+      } catch (err) {
+        const left = deadline - performance.now();
+        const wait = attempt === 1 ? resetRetryDelay(err, left, ts.timeoutMs) : undefined;
+        if (wait === undefined) {
+          // Refused, DNS, TLS, reset: the endpoint may have moved (a timeout says nothing of that).
+          if (!isTimeout(err)) deps.metadata.refreshSoon('introspection request failed');
+          throw networkFailure(err, ts.timeoutMs);
+        }
+        deps.logger.warn(
+          { requestId: ctx.requestId, code: networkCode(err), retryInMs: Math.round(wait) },
+          'token service closed the connection before answering; retrying the introspection once',
+        );
+        await new Promise((r) => setTimeout(r, wait));
+      }
+    }
+    // An endpoint that is gone (moved after a redeploy?): look at the metadata again.
+    if (res.status === 404 || res.status === 410) {
+      deps.metadata.refreshSoon(`introspection endpoint answered HTTP ${res.status}`);
     }
     let bytes: Uint8Array;
     try {
@@ -201,7 +293,7 @@ export function createIntrospectionClient(
     return json as Record<string, unknown>;
   }
 
-  return {
+  const client: IntrospectionClient = {
     async introspect(token, ctx): Promise<Introspection> {
       const { res, bytes } = await send(token, ctx);
       const status = res.status;
@@ -237,7 +329,7 @@ export function createIntrospectionClient(
       if (ts.mode === 'accept-jwt') {
         if (status === 204) return { active: false };
         const text = Buffer.from(bytes).toString('utf8').trim();
-        if (!COMPACT_JWS.test(text)) {
+        if (!looksLikeJwt(text)) {
           throw badAnswer('introspection response is not a JWT (Accept: application/jwt)', {
             status,
             code: res.headers.get('content-type')?.slice(0, 64) ?? 'no content-type',
@@ -252,16 +344,39 @@ export function createIntrospectionClient(
         };
       }
 
+      // Mode mint, RFC 9701: the verdict is in the signed JWT; a JSON answer here is unusable (502).
+      if (jwtResponses !== undefined) {
+        return jwtResponses.verify({ contentType: res.headers.get('content-type'), body: bytes });
+      }
+
       const json = parseJson(res, bytes);
       if (json['active'] === false) return { active: false };
       if (ts.mode === 'claim') {
         const jwt = json[ts.jwtClaim!];
-        if (typeof jwt !== 'string' || !COMPACT_JWS.test(jwt)) {
+        if (typeof jwt !== 'string' || !looksLikeJwt(jwt)) {
           throw badAnswer(`active introspection response has no JWT in member "${ts.jwtClaim}"`, { status });
         }
         return { active: true, jwt, claims: json };
       }
       return { active: true, claims: json };
+    },
+  };
+
+  return {
+    // Why the token service could not be used goes to the operator's log (the response and the
+    // access line only say token_service_unavailable). The causes hold no token (see IntrospectionFailure).
+    async introspect(token, ctx): Promise<Introspection> {
+      try {
+        return await client.introspect(token, ctx);
+      } catch (err) {
+        if (err instanceof TokenServiceUnavailable) {
+          deps.logger.warn(
+            { requestId: ctx.requestId, status: err.status, err: describeError(err.cause) },
+            'token service introspection failed',
+          );
+        }
+        throw err;
+      }
     },
   };
 }

@@ -1,3 +1,4 @@
+import type { JWK } from 'jose';
 import { readBodyLimited } from '../util/read-body.ts';
 
 /** Upper bound on a JWKS document. */
@@ -55,4 +56,24 @@ export function jwksFetch(fetchImpl: typeof fetch, unavailable: (message: string
     }
     return new Response(text, { status: 200, headers: { 'content-type': 'application/json' } });
   };
+}
+
+/**
+ * GETs a JWK Set with one deadline of `timeoutMs` for the whole exchange (headers and body),
+ * redirects not followed. Every failure is the error made by `unavailable` (see `jwksFetch`).
+ */
+export async function fetchJwks(
+  fetchImpl: typeof fetch,
+  url: string,
+  timeoutMs: number,
+  unavailable: (message: string, cause?: unknown) => Error,
+): Promise<{ keys: JWK[] }> {
+  const res = await jwksFetch(fetchImpl, unavailable)(url, {
+    method: 'GET',
+    headers: new Headers({ accept: 'application/jwk-set+json, application/json' }),
+    redirect: 'manual',
+    signal: AbortSignal.timeout(Math.max(1, Math.round(timeoutMs))),
+  });
+  // jwksFetch has read and validated the body: this parse cannot fail.
+  return (await res.json()) as { keys: JWK[] };
 }

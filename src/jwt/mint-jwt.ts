@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { type JWTPayload, SignJWT } from 'jose';
 import { InvalidToken, TokenServiceUnavailable } from '../errors/gateway-errors.ts';
-import type { SigningKeys } from './signing-keys.ts';
+import type { Signer } from './key-ring.ts';
 import type { VerifiedJwt } from './verify-jwt.ts';
 
 export interface Minter {
@@ -25,12 +25,12 @@ function nonEmptyString(v: unknown): v is string {
 export function createMinter(opts: {
   issuer: string;
   lifetimeSeconds: number;
-  keys: SigningKeys;
+  /** The key for the next JWT, asked on every mint (the key ring; rotation happens there). */
+  signer: () => Signer;
   /** Current time in epoch seconds (tests). */
   now?: () => number;
 }): Minter {
   const now = opts.now ?? (() => Date.now() / 1000);
-  const { signingKey, kid, alg } = opts.keys;
 
   return {
     async mint(source: Record<string, unknown>, audience: string): Promise<VerifiedJwt> {
@@ -66,7 +66,8 @@ export function createMinter(opts: {
         claims['cnf'] = cnf;
       }
 
-      const jwt = await new SignJWT(claims).setProtectedHeader({ alg, kid, typ: 'at+jwt' }).sign(signingKey);
+      const { key, kid, alg } = opts.signer();
+      const jwt = await new SignJWT(claims).setProtectedHeader({ alg, kid, typ: 'at+jwt' }).sign(key);
       return { jwt, claims, exp };
     },
   };

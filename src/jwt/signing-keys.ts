@@ -3,6 +3,7 @@ import { chmod, readFile, writeFile } from 'node:fs/promises';
 import {
   CompactSign,
   type CryptoKey,
+  calculateJwkThumbprint,
   compactVerify,
   exportJWK,
   generateKeyPair,
@@ -13,7 +14,19 @@ import {
 /** A JSON Web Key as published (public members + kid, alg, use). */
 export type JsonWebKey = JWK;
 
-/** The gateway's own signing keys (mode mint). */
+/** One key of the signing keys file, validated and imported. */
+export interface SigningKey {
+  kid: string;
+  alg: string;
+  /** The private key (never leaves the process). */
+  privateKey: CryptoKey;
+  /** Only public members + kid, alg, use:'sig': what is published. */
+  publicJwk: JsonWebKey;
+  /** RFC 7638 thumbprint of the public key: tells a new key from an old one reusing its kid. */
+  thumbprint: string;
+}
+
+/** The gateway's own signing keys (mode mint), in file order. */
 export interface SigningKeys {
   /** Private key of the FIRST key in the file: it signs every minted JWT. */
   signingKey: CryptoKey;
@@ -21,6 +34,8 @@ export interface SigningKeys {
   alg: string;
   /** Public parts of ALL keys (only public members + kid, alg, use:'sig'), served as the JWKS. */
   publicJwks: { keys: JsonWebKey[] };
+  /** Every key of the file, in file order (the key ring's input). */
+  keys: SigningKey[];
 }
 
 /** Asymmetric JWS algorithms a signing key may declare (never none / HS*). */
@@ -38,6 +53,12 @@ const SIGNING_ALGS: Record<string, 'EC' | 'RSA' | 'OKP'> = {
   Ed25519: 'OKP',
 };
 
+/**
+ * Every algorithm a signing key may have. A verifier of minted JWTs allows all of them: each
+ * published key declares its `alg`, and a key is only used for JWTs whose header names that alg.
+ */
+export const SIGNING_ALGORITHMS: readonly string[] = Object.keys(SIGNING_ALGS);
+
 /** Curve each EC algorithm requires (RFC 7518 §3.4). */
 const EC_CURVE: Record<string, string> = { ES256: 'P-256', ES384: 'P-384', ES512: 'P-521' };
 
@@ -54,7 +75,8 @@ function isObject(v: unknown): v is Record<string, unknown> {
 
 /**
  * Reads a private JWKS file (`{"keys":[…]}`). The first key signs; every key's public part is
- * published, so a new key can be published (second position) before it signs (first position).
+ * published, so a new key can be published (second position) before it signs (first position;
+ * key-ring.ts decides when a new first key takes over after a reload).
  * Every key must be a private asymmetric key with `kid` and `alg` (`alg` defaults to ES256 for an
  * EC P-256 key). Errors are plain `Error`s naming the file and the key index; they never quote
  * the file's content (a JSON.parse message would echo key material).
@@ -80,8 +102,7 @@ export async function loadSigningKeys(file: string): Promise<SigningKeys> {
   if (keys.length === 0) throw new Error(`${file}: keys: must contain at least one key`);
 
   const kids = new Set<string>();
-  const publicKeys: JsonWebKey[] = [];
-  let first: { signingKey: CryptoKey; kid: string; alg: string } | undefined;
+  const loaded: SigningKey[] = [];
 
   for (let i = 0; i < keys.length; i++) {
     const where = `${file}: keys[${i}]`;
@@ -141,11 +162,18 @@ export async function loadSigningKeys(file: string): Promise<SigningKeys> {
         `${where}: not a usable ${alg} key pair (the private and public members do not match or are invalid)`,
       );
     }
-    publicKeys.push(pub as JsonWebKey);
-    if (first === undefined) first = { signingKey: privateKey, kid, alg };
+    const thumbprint = await calculateJwkThumbprint(pub as JWK);
+    loaded.push({ kid, alg, privateKey, publicJwk: pub as JsonWebKey, thumbprint });
   }
 
-  return { ...first!, publicJwks: { keys: publicKeys } };
+  const first = loaded[0]!;
+  return {
+    signingKey: first.privateKey,
+    kid: first.kid,
+    alg: first.alg,
+    publicJwks: { keys: loaded.map((k) => k.publicJwk) },
+    keys: loaded,
+  };
 }
 
 /**

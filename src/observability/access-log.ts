@@ -23,6 +23,7 @@ export function createAccessLog(logger: Logger) {
           path,
           status: res.statusCode,
           reason: c.reason ?? (res.statusCode < 400 ? 'allowed' : undefined),
+          cause: c.cause,
           cache: c.cache,
           durationMs: round(Number(process.hrtime.bigint() - c.startedAt) / 1e6),
           tokenServiceMs: c.tokenServiceMs === undefined ? undefined : round(c.tokenServiceMs),

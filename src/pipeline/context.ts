@@ -25,6 +25,8 @@ export interface GatewayContext {
   token?: string;
   resolved?: ResolvedToken;
   reason?: ReasonCode;
+  /** Why the request was refused (error name/message/code chain; never a token or claim value). */
+  cause?: Record<string, unknown>;
   cache: CacheLevel;
   tokenServiceMs?: number;
   upstreamMs?: number;

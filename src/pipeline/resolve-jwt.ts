@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { NextFunction, Request, Response } from 'express';
+import { decodeProtectedHeader } from 'jose';
 import { type CacheEntry, cacheTtlSeconds } from '../cache/cache-entry.ts';
 import type { CacheKeyer } from '../cache/cache-key.ts';
 import type { Coalescer } from '../cache/coalescer.ts';
@@ -38,13 +39,28 @@ const ACCESS_TOKEN_TYPES = new Set([
 
 type Outcome = { kind: 'active'; entry: CacheEntry; source: 'introspection' | 'l2' } | { kind: 'inactive' };
 
-/** A verified JWT as a cache entry, tagged with the HMAC of its `sub` (purge by subject). */
+/**
+ * A verified JWT as a cache entry, tagged with the HMAC of its `sub` (purge by subject) and the
+ * `kid` of its signing key (dropped on read once that key is no longer published).
+ */
 export function cacheEntryOf(verified: VerifiedJwt, keyer: CacheKeyer): CacheEntry {
   const claims = verified.claims as Record<string, unknown>;
   const entry: CacheEntry = { jwt: verified.jwt, claims, exp: verified.exp };
   if (typeof claims['sub'] === 'string' && claims['sub'] !== '')
     entry.subTag = subjectTag(keyer, claims['sub']);
+  const kid = verified.kid ?? kidOf(verified.jwt);
+  if (kid !== undefined) entry.kid = kid;
   return entry;
+}
+
+/** The `kid` of a JWT we produced or verified (a minted JWT's VerifiedJwt may not carry it). */
+function kidOf(jwt: string): string | undefined {
+  try {
+    const kid = decodeProtectedHeader(jwt).kid;
+    return typeof kid === 'string' ? kid : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**

@@ -21,7 +21,22 @@ export type StubBehaviour =
   /** Wait this many ms, then answer as 'ok'. */
   | `slow:${number}`
   /** RFC 7662 JSON with the JWT in member <name> (mode claim). */
-  | `jwt-claim:${string}`;
+  | `jwt-claim:${string}`
+  /** Read the request, then reset the connection (RST) without answering. */
+  | 'reset'
+  /** Like 'reset' for one request; the stub then switches itself back to 'ok'. */
+  | 'reset-once'
+  /** Wait this many ms, then reset the connection without answering. */
+  | `reset-after:${number}`
+  /** 200 with a body of HUGE_BODY_BYTES, written with backpressure (see hugeBytesWritten). */
+  | 'huge'
+  /** 200 application/json, an RFC 7662-looking object without `active`. */
+  | 'no-active'
+  /** 200 application/json whose body is not valid JSON. */
+  | 'bad-json';
+
+/** Size of the 'huge' answer: far above any sane cap on an introspection answer. */
+export const HUGE_BODY_BYTES = 64 * 1024 * 1024;
 
 export interface CurityStubOptions {
   clientId: string;
@@ -53,6 +68,12 @@ export interface CurityStub {
   jwksBehaviour: 'ok' | `status:${number}` | 'hang';
   /** Extra headers on every introspection answer (e.g. Retry-After). */
   responseHeaders: Record<string, string>;
+  /** `Location` of 3xx answers (default http://127.0.0.1:9/elsewhere). */
+  redirectTo: string;
+  /** Members merged over the discovery document (e.g. another introspection_endpoint or issuer). */
+  discovery: Record<string, unknown>;
+  /** Bytes of the last 'huge' answer the stub managed to write before the client went away. */
+  hugeBytesWritten: number;
   /** `typ` header of issued JWTs (null: none). */
   typ: string | null;
   /** Introspection requests received (any outcome). */
@@ -65,6 +86,13 @@ export interface CurityStub {
   register(token: string, claims?: JWTPayload, opts?: { maxAge?: number }): void;
   /** Forget a token (it becomes inactive). */
   revoke(token: string): void;
+  /**
+   * Maps an opaque token to exactly this JWT text, answered as is (accept-jwt body, or the member
+   * of a `jwt-claim:<name>` answer): for tests that craft the JWT themselves (attacks, other algs).
+   */
+  registerJwt(token: string, jwt: string, opts?: { maxAge?: number }): void;
+  /** Generates a signing key for `alg` and publishes it in the JWKS (rotateKeys drops it). */
+  addKey(alg: StubKeyAlg): Promise<StubKey>;
   /** Signs a JWT with the stub's current key (or an attacker's key). Claims default iss/iat/exp; `undefined` removes one. */
   signJwt(
     claims?: Record<string, unknown>,
@@ -86,6 +114,23 @@ interface KeyEntry {
   kid: string;
   privateKey: CryptoKey;
   publicJwk: JWK;
+}
+
+/** Algorithms `addKey` can make a published key for. */
+export type StubKeyAlg = 'ES256' | 'ES384' | 'ES512' | 'RS256' | 'PS256' | 'EdDSA';
+
+/** A key added with `addKey`: the public half is in the stub's JWKS (kid and alg set). */
+export interface StubKey extends KeyEntry {
+  alg: StubKeyAlg;
+}
+
+async function newKeyOf(alg: StubKeyAlg): Promise<StubKey> {
+  const { privateKey, publicKey } = await generateKeyPair(alg, {
+    extractable: true,
+    ...(alg === 'EdDSA' ? { crv: 'Ed25519' } : {}),
+  });
+  const kid = randomBytes(8).toString('hex');
+  return { alg, kid, privateKey, publicJwk: { ...(await exportJWK(publicKey)), kid, alg, use: 'sig' } };
 }
 
 async function newKey(): Promise<KeyEntry> {
@@ -113,6 +158,8 @@ export async function startCurityStub(opts: CurityStubOptions): Promise<CuritySt
   let published: KeyEntry[] = [current];
   const attacker = await newKey();
   const registered = new Map<string, { claims: JWTPayload; maxAge?: number }>();
+  /** registerJwt: tokens answered with a fixed JWT text. */
+  const rawAnswers = new Map<string, { jwt: string; maxAge?: number }>();
   const timers = new Set<NodeJS.Timeout>();
   const lifetime = opts.jwtLifetimeSeconds ?? 300;
 
@@ -142,6 +189,9 @@ export async function startCurityStub(opts: CurityStubOptions): Promise<CuritySt
     behaviour: 'ok',
     jwksBehaviour: 'ok',
     responseHeaders: {},
+    redirectTo: 'http://127.0.0.1:9/elsewhere',
+    discovery: {},
+    hugeBytesWritten: 0,
     typ: opts.typ === undefined ? 'at+jwt' : opts.typ,
     calls: 0,
     jwksCalls: 0,
@@ -151,6 +201,15 @@ export async function startCurityStub(opts: CurityStubOptions): Promise<CuritySt
     },
     revoke(token) {
       registered.delete(token);
+      rawAnswers.delete(token);
+    },
+    registerJwt(token, jwt, o = {}) {
+      rawAnswers.set(token, { jwt, ...(o.maxAge !== undefined ? { maxAge: o.maxAge } : {}) });
+    },
+    async addKey(alg) {
+      const key = await newKeyOf(alg);
+      published = [...published, key];
+      return key;
     },
     async signJwt(claims = {}, header = {}, o = {}) {
       const now = Math.floor(Date.now() / 1000);
@@ -219,13 +278,60 @@ export async function startCurityStub(opts: CurityStubOptions): Promise<CuritySt
     if (b.startsWith('status:')) {
       const status = Number(b.slice('status:'.length));
       const headers: Record<string, string> = { ...extra };
-      if (status >= 300 && status < 400) headers['location'] = 'http://127.0.0.1:9/elsewhere';
+      if (status >= 300 && status < 400) headers['location'] = stub.redirectTo;
       json(res, status, { error: status >= 500 ? 'server_error' : 'invalid_request' }, headers);
       return;
     }
     if (b === 'garbage') {
       res.writeHead(200, { 'content-type': 'application/jwt', ...extra });
       res.end('this is not a JWT at all \u0000\u00ff{"active":true}');
+      return;
+    }
+    if (b === 'reset' || b === 'reset-once') {
+      if (b === 'reset-once') stub.behaviour = 'ok';
+      req.socket.resetAndDestroy();
+      return;
+    }
+    if (b.startsWith('reset-after:')) {
+      const ms = Number(b.slice('reset-after:'.length));
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => {
+          timers.delete(t);
+          resolve();
+        }, ms);
+        timers.add(t);
+      });
+      if (!req.socket.destroyed) req.socket.resetAndDestroy();
+      return;
+    }
+    if (b === 'huge') {
+      // 64 KiB chunks, each after the previous one drained: what is written is what was read.
+      res.writeHead(200, { 'content-type': 'application/json', ...extra });
+      stub.hugeBytesWritten = 0;
+      const chunk = Buffer.alloc(64 * 1024, 0x20);
+      while (stub.hugeBytesWritten < HUGE_BODY_BYTES && !res.destroyed) {
+        stub.hugeBytesWritten += chunk.length;
+        if (!res.write(chunk)) {
+          await new Promise<void>((resolve) => {
+            const go = () => {
+              res.off('drain', go);
+              res.off('close', go);
+              resolve();
+            };
+            res.on('drain', go);
+            res.on('close', go);
+          });
+        }
+      }
+      res.end();
+      return;
+    }
+    if (b === 'no-active') {
+      return json(res, 200, { iss: issuer, sub: 'alice', scope: 'invoice_read', client_id: 'web' }, extra);
+    }
+    if (b === 'bad-json') {
+      res.writeHead(200, { 'content-type': 'application/json', ...extra });
+      res.end('{"active": tru');
       return;
     }
     if (b === 'html') {
@@ -248,6 +354,19 @@ export async function startCurityStub(opts: CurityStubOptions): Promise<CuritySt
     }
 
     const token = form.get('token') ?? '';
+    const raw = rawAnswers.get(token);
+    if (raw !== undefined && b.startsWith('jwt-claim:')) {
+      return json(res, 200, { active: true, [b.slice('jwt-claim:'.length)]: raw.jwt }, extra);
+    }
+    if (raw !== undefined) {
+      res.writeHead(200, {
+        'content-type': 'application/jwt',
+        ...(raw.maxAge !== undefined ? { 'cache-control': `max-age=${raw.maxAge}` } : {}),
+        ...extra,
+      });
+      res.end(raw.jwt);
+      return;
+    }
     const entry = registered.get(token);
     const wantsJwt = (req.headers.accept ?? '').toLowerCase().includes('application/jwt');
     if (b.startsWith('jwt-claim:')) {
@@ -283,6 +402,7 @@ export async function startCurityStub(opts: CurityStubOptions): Promise<CuritySt
         jwks_uri: stub.jwksUri,
         token_endpoint: `${origin}/token`,
         introspection_endpoint_auth_methods_supported: ['client_secret_basic', 'client_secret_post'],
+        ...stub.discovery,
       });
     }
     if (req.method === 'GET' && path === '/jwks') {

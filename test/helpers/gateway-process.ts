@@ -23,6 +23,8 @@ export interface GatewayProcess {
   logs(): Array<Record<string, unknown>>;
   /** SIGTERM and wait for exit; returns the exit code. */
   stop(): Promise<number | null>;
+  /** Sends a signal (e.g. SIGHUP) to the running process; no-op once it exited. */
+  signal(name: NodeJS.Signals): void;
   exited: Promise<number | null>;
 }
 
@@ -125,6 +127,9 @@ export async function startGateway(
     output: () => out,
     logs: parsed,
     exited,
+    signal(name) {
+      if (!done) child.kill(name);
+    },
     async stop() {
       if (!done) {
         child.kill('SIGTERM');

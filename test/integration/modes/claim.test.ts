@@ -18,7 +18,7 @@ let stub: CurityStub;
 let up: EchoUpstream;
 /** jwtClaim: phantom_token, client_secret_basic. */
 let gw: GatewayProcess;
-/** jwtClaim: jwt (Keycloak), client_secret_post. */
+/** jwtClaim: jwt (Keycloak), client_secret_post, introspectionAccept: application/jwt. */
 let postGw: GatewayProcess;
 
 const issuedTokens: string[] = [];
@@ -56,7 +56,11 @@ beforeAll(async () => {
     ),
     startGateway(
       {
-        tokenService: tokenService({ jwtClaim: 'jwt', clientAuth: 'client_secret_post' }),
+        tokenService: tokenService({
+          jwtClaim: 'jwt',
+          clientAuth: 'client_secret_post',
+          introspectionAccept: 'application/jwt',
+        }),
         routes: routes(),
       },
       { env: ENV },
@@ -209,6 +213,12 @@ describe('mode claim with jwtClaim: jwt (Keycloak) and client_secret_post', () =
     expect(body.get('client_id')).toBe(CLIENT_ID);
     expect(body.get('client_secret')).toBe(GW_SECRET);
     expect(body.get('token_type_hint')).toBe('access_token');
+  });
+
+  it('asks with Accept: application/jwt (Keycloak returns the jwt member only then) and reads JSON', async () => {
+    const t = knownToken();
+    expect((await call(t, postGw)).res.status).toBe(200);
+    expect(introspectionsOf(t)[0]!.headers.accept).toBe('application/jwt');
   });
 });
 

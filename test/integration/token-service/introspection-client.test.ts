@@ -8,11 +8,13 @@ import { createClientAuth } from '../../../src/introspection/client-auth.ts';
 import {
   createIntrospectionClient,
   type Introspection,
+  type IntrospectionFailure,
   maxAgeOf,
   retryAfterSeconds,
 } from '../../../src/introspection/introspection-client.ts';
 import {
   createTokenServiceMetadata,
+  IssuerMismatchError,
   openidTimeoutSeconds,
   type TokenServiceMetadata,
 } from '../../../src/introspection/token-service-metadata.ts';
@@ -417,6 +419,88 @@ describe('against the Curity stub (Accept: application/jwt)', () => {
     await expectFailure(client.introspect(token, { requestId: 'r' }), token, 502);
   });
 
+  describe('one retry after a connection reset (introspection is idempotent)', () => {
+    /** The real fetch, counting the requests it is asked to send. */
+    function counting() {
+      const c = { n: 0 };
+      const f: typeof fetch = (input, init) => {
+        c.n++;
+        return fetch(input, init);
+      };
+      return { c, f };
+    }
+
+    it('a reset before any answer is retried once, with fresh client authentication, and logged without the token', async () => {
+      const token = active();
+      const { logger, lines } = capturingLogger();
+      const cfg = cfgFor({ clientAuth: 'client_secret_post' });
+      const clientAuth = await createClientAuth(cfg);
+      const metadata = createTokenServiceMetadata(cfg, { logger, fetch: clientAuth.fetch });
+      const client = createIntrospectionClient(cfg, { metadata, logger, clientAuth });
+      const before = stub.requests.length;
+      const r = await withBehaviour('reset-once', () => client.introspect(token, { requestId: 'req-reset' }));
+      expect(r.active).toBe(true);
+      const sent = stub.requests.slice(before);
+      expect(sent).toHaveLength(2);
+      for (const req of sent) {
+        expect(req.body.get('token')).toBe(token);
+        expect(req.body.get('client_secret')).toBe(STUB_SECRET);
+      }
+      const retry = lines.find((l) => String(l['msg']).includes('retrying the introspection once'));
+      expect(retry).toMatchObject({ level: 40, requestId: 'req-reset' });
+      expect(['ECONNRESET', 'UND_ERR_SOCKET']).toContain(retry!['code']);
+      expect(JSON.stringify(lines)).not.toContain(token);
+    });
+
+    it('a second reset is 503: never more than one retry', async () => {
+      const token = active();
+      const { c, f } = counting();
+      const { client } = await clientFor(cfgFor(), f);
+      const e = await withBehaviour('reset', () =>
+        expectFailure(client.introspect(token, { requestId: 'r' }), token, 503),
+      );
+      expect(c.n).toBe(2);
+      expect(['ECONNRESET', 'UND_ERR_SOCKET']).toContain((e.cause as IntrospectionFailure).code);
+    });
+
+    it('no retry when the reset came too late to leave a useful share of timeoutMs', async () => {
+      const token = active();
+      const { c, f } = counting();
+      // timeoutMs 400: a retry needs 100 ms (a quarter) left after the jitter; the reset comes at 350 ms.
+      const { client } = await clientFor(cfgFor({ timeoutMs: 400 }), f);
+      await withBehaviour('reset-after:350', () =>
+        expectFailure(client.introspect(token, { requestId: 'r' }), token, 503),
+      );
+      expect(c.n).toBe(1);
+    });
+
+    it('no retry after a timeout, a refused connection or an answer', async () => {
+      const token = active();
+      const hang = counting();
+      const { client: slow } = await clientFor(cfgFor({ timeoutMs: 200 }), hang.f);
+      await withBehaviour('hang', () =>
+        expectFailure(slow.introspect(token, { requestId: 'r' }), token, 503),
+      );
+      expect(hang.c.n).toBe(1);
+
+      const refused = counting();
+      const port = await freePort();
+      const { client: dead } = await clientFor(
+        cfgFor({ introspectionEndpoint: `http://127.0.0.1:${port}/introspect` }),
+        refused.f,
+      );
+      await expectFailure(dead.introspect(token, { requestId: 'r' }), token, 503);
+      expect(refused.c.n).toBe(1);
+
+      const answered = counting();
+      const { client } = await clientFor(cfgFor(), answered.f);
+      await withBehaviour('status:503', () =>
+        expectFailure(client.introspect(token, { requestId: 'r' }), token, 503),
+      );
+      expect(answered.c.n).toBe(1);
+    });
+  });
+
   describe('claim mode', () => {
     const claimCfg = () => cfgFor({ mode: 'claim', jwtClaim: 'phantom_token' });
 
@@ -523,7 +607,7 @@ describe('token service metadata lifecycle', () => {
         { logger },
       );
       started.push(metadata);
-      await expect(metadata.start()).rejects.toBeDefined();
+      await expect(metadata.start()).rejects.toBeInstanceOf(IssuerMismatchError);
       metadata.stop();
       expect(metadata.ready()).toBe(false);
       const line = lines.find((l) => l['level'] === 50);

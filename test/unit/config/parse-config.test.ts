@@ -432,6 +432,16 @@ describe('parseConfig cross-field rules', () => {
       ]);
     });
 
+    it('introspectionAccept (Keycloak: application/jwt) only applies to mode claim', () => {
+      const claim = ts({ mode: 'claim', jwtClaim: 'jwt', introspectionAccept: 'application/jwt' });
+      expect(parseConfig(minimal({ tokenService: claim })).tokenService.introspectionAccept).toBe(
+        'application/jwt',
+      );
+      expect(problemsOf(minimal({ tokenService: ts({ introspectionAccept: 'application/jwt' }) }))).toEqual([
+        'tokenService.introspectionAccept: only applies to mode claim (mode is accept-jwt)',
+      ]);
+    });
+
     it('introspectionFormat jwt (RFC 9701) only applies to mode mint; json is the default', () => {
       expect(parseConfig(minimal()).tokenService.introspectionFormat).toBe('json');
       expect(problemsOf(minimal({ tokenService: ts({ introspectionFormat: 'jwt' }) }))).toEqual([

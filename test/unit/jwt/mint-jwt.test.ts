@@ -1,7 +1,7 @@
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { decodeJwt, decodeProtectedHeader, exportJWK, generateKeyPair } from 'jose';
+import { calculateJwkThumbprint, decodeJwt, decodeProtectedHeader, exportJWK, generateKeyPair } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InvalidToken, TokenServiceUnavailable } from '../../../src/errors/gateway-errors.ts';
 import { createMinter } from '../../../src/jwt/mint-jwt.ts';
@@ -22,12 +22,15 @@ beforeAll(async () => {
   keys = await loadSigningKeys(keysFile);
 });
 
+/** The first key of the file, as the key ring hands it to the minter. */
+const signer = () => ({ key: keys.signingKey, kid: keys.kid, alg: keys.alg });
+
 afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
 function minter(now = NOW, lifetimeSeconds = 300) {
-  return createMinter({ issuer: ISSUER, lifetimeSeconds, keys, now: () => now });
+  return createMinter({ issuer: ISSUER, lifetimeSeconds, signer, now: () => now });
 }
 
 function write(name: string, content: unknown): string {
@@ -64,6 +67,17 @@ describe('generateSigningKeysFile / loadSigningKeys', () => {
     expect(both.publicJwks.keys.map((k) => k.kid)).toEqual(['next', a.kid]);
     expect(both.publicJwks.keys[0]).not.toHaveProperty('d');
     expect(both.publicJwks.keys[0]).not.toHaveProperty('p');
+  });
+
+  it('lists every key in file order with its RFC 7638 thumbprint (the key ring input)', async () => {
+    const a = JSON.parse(readFileSync(keysFile, 'utf8')).keys[0];
+    const { privateKey } = await generateKeyPair('ES256', { extractable: true });
+    const b = { ...(await exportJWK(privateKey)), kid: 'next', alg: 'ES256' };
+    const both = await loadSigningKeys(write('two-es.json', { keys: [a, b] }));
+    expect(both.keys.map((k) => k.kid)).toEqual([a.kid, 'next']);
+    expect(both.keys[1]!.thumbprint).toBe(await calculateJwkThumbprint(b));
+    expect(both.keys[1]!.publicJwk).toEqual(both.publicJwks.keys[1]);
+    expect(both.keys[0]!.privateKey.type).toBe('private');
   });
 
   it('defaults alg to ES256 for an EC P-256 key without alg', async () => {
@@ -142,6 +156,25 @@ describe('createMinter', () => {
     custom: 'not copied',
   };
 
+  it('asks for the signer on every mint (the key ring may have switched keys)', async () => {
+    const other = await loadSigningKeys(
+      write('other.json', {
+        keys: [
+          {
+            ...(await exportJWK((await generateKeyPair('ES256', { extractable: true })).privateKey)),
+            kid: 'other',
+            alg: 'ES256',
+          },
+        ],
+      }),
+    );
+    let current = signer();
+    const m = createMinter({ issuer: ISSUER, lifetimeSeconds: 300, signer: () => current, now: () => NOW });
+    expect(decodeProtectedHeader((await m.mint(source, 'aud')).jwt).kid).toBe(keys.kid);
+    current = { key: other.signingKey, kid: 'other', alg: 'ES256' };
+    expect(decodeProtectedHeader((await m.mint(source, 'aud')).jwt).kid).toBe('other');
+  });
+
   it('mints an RFC 9068 JWT: header alg/kid/typ and the required claims', async () => {
     const v = await minter().mint(source, 'https://invoices.internal');
     expect(decodeProtectedHeader(v.jwt)).toEqual({ alg: 'ES256', kid: keys.kid, typ: 'at+jwt' });
@@ -206,7 +239,7 @@ describe('createMinter', () => {
   });
 
   it('mints a JWT that verifies against the published public JWKS', async () => {
-    const m = createMinter({ issuer: ISSUER, lifetimeSeconds: 120, keys });
+    const m = createMinter({ issuer: ISSUER, lifetimeSeconds: 120, signer });
     const minted = await m.mint(
       { ...source, exp: Math.floor(Date.now() / 1000) + 3600 },
       'https://invoices.internal',

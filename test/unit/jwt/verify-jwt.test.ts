@@ -2,11 +2,14 @@ import { inspect } from 'node:util';
 import {
   CompactEncrypt,
   type CryptoKey,
+  createLocalJWKSet,
   exportJWK,
   exportSPKI,
   generateKeyPair,
   type JWK,
   type JWTPayload,
+  errors as joseErrors,
+  jwtVerify,
   SignJWT,
 } from 'jose';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -15,7 +18,12 @@ import {
   InvalidToken,
   TokenServiceUnavailable,
 } from '../../../src/errors/gateway-errors.ts';
-import { createJwtVerifier, type JwtVerifierOptions } from '../../../src/jwt/verify-jwt.ts';
+import {
+  createJwtVerifier,
+  type JwtVerifierOptions,
+  MAX_JWT_LENGTH,
+  MAX_PROTECTED_HEADER_LENGTH,
+} from '../../../src/jwt/verify-jwt.ts';
 import { type CurityStub, startCurityStub } from '../../helpers/curity-stub.ts';
 import { freePort } from '../../helpers/free-port.ts';
 
@@ -271,6 +279,166 @@ describe('keys', () => {
   });
 });
 
+/** Signs header.payload with ES256 by hand: jose refuses to sign some of the headers we test. */
+async function rawSign(
+  header: Record<string, unknown>,
+  claims: Record<string, unknown>,
+  key: CryptoKey = es.privateKey,
+): Promise<string> {
+  const input = `${b64(header)}.${b64(claims)}`;
+  const sig = await crypto.subtle.sign(
+    { name: 'ECDSA', hash: 'SHA-256' },
+    key,
+    new TextEncoder().encode(input),
+  );
+  return `${input}.${Buffer.from(sig).toString('base64url')}`;
+}
+
+const validClaims = () => ({ iss: ISS, sub: 'alice', iat: now(), exp: now() + 300 });
+const causeOf = (e: InvalidToken) => (e.cause as Error).message;
+
+describe('size limits (before any parsing)', () => {
+  it('rejects a JWT longer than 32 KiB and accepts one just under it', async () => {
+    expect(MAX_JWT_LENGTH).toBe(32 * 1024);
+    const big = await sign({ pad: 'x'.repeat(25 * 1024) });
+    expect(big.length).toBeGreaterThan(MAX_JWT_LENGTH);
+    const e = await expectRejected(big);
+    expect(causeOf(e)).toMatch(/longer than 32768/);
+    const fits = await sign({ pad: 'x'.repeat(23 * 1024) });
+    expect(fits.length).toBeLessThan(MAX_JWT_LENGTH);
+    await expect(verifier().verify(fits)).resolves.toBeDefined();
+  });
+
+  it('rejects an encoded protected header longer than 4 KiB, before decoding it', async () => {
+    expect(MAX_PROTECTED_HEADER_LENGTH).toBe(4 * 1024);
+    const e = await expectRejected(await sign({}, { 'x-pad': 'y'.repeat(3500) }));
+    expect(causeOf(e)).toMatch(/protected header longer than 4096/);
+    // Not even valid base64url JSON: refused on its size alone.
+    const junk = `${'A'.repeat(5000)}.${b64(validClaims())}.c2ln`;
+    expect(causeOf(await expectRejected(junk))).toMatch(/protected header longer/);
+    await expect(verifier().verify(await sign({}, { 'x-pad': 'y'.repeat(2000) }))).resolves.toBeDefined();
+  });
+
+  it('does not fetch a remote JWKS for an oversized token', async () => {
+    let asked = 0;
+    const v = verifier({
+      keys: {
+        kind: 'remote',
+        timeoutMs: 500,
+        jwksUri: async () => {
+          asked++;
+          return 'http://127.0.0.1:9/jwks';
+        },
+      },
+    });
+    await expectRejected(await sign({ pad: 'x'.repeat(40 * 1024) }), v);
+    expect(asked).toBe(0);
+  });
+});
+
+describe('crit header (RFC 7515 §4.1.11)', () => {
+  it.each([
+    ['an unknown extension', { crit: ['urn:example:ext'], 'urn:example:ext': 1 }],
+    ['a registered claim name', { crit: ['exp'], exp: 1 }],
+    ['a registered header', { crit: ['alg'] }],
+    ['an empty list', { crit: [] }],
+    ['not a list', { crit: 'urn:example:ext', 'urn:example:ext': 1 }],
+    ['b64 (RFC 7797), even as true', { crit: ['b64'], b64: true }],
+    ['b64 false (unencoded payload)', { crit: ['b64'], b64: false }],
+  ])('rejects crit with %s', async (_, extra) => {
+    const jwt = await rawSign({ alg: 'ES256', kid: 'es', typ: 'at+jwt', ...extra }, validClaims());
+    const e = await expectRejected(jwt);
+    expect(causeOf(e)).toMatch(/"crit" header is not accepted/);
+  });
+
+  it('jose itself also refuses an unrecognised critical extension (defence in depth)', async () => {
+    const jwt = await rawSign(
+      { alg: 'ES256', kid: 'es', crit: ['urn:example:ext'], 'urn:example:ext': 1 },
+      validClaims(),
+    );
+    await expect(jwtVerify(jwt, createLocalJWKSet({ keys: [es.publicJwk] }))).rejects.toBeInstanceOf(
+      joseErrors.JOSENotSupported,
+    );
+    // The same token without crit is accepted by both: the refusal is about crit alone.
+    const plain = await rawSign({ alg: 'ES256', kid: 'es', 'urn:example:ext': 1 }, validClaims());
+    await expect(verifier().verify(plain)).resolves.toBeDefined();
+  });
+});
+
+describe('time claims', () => {
+  it('rejects iat in the future beyond the skew, accepts it within the skew', async () => {
+    const e = await expectRejected(await sign({ iat: now() + 60 }));
+    expect(causeOf(e)).toMatch(/"iat" claim is in the future/);
+    await expect(verifier().verify(await sign({ iat: now() + 20 }))).resolves.toBeDefined();
+    await expectRejected(await sign({ iat: now() + 5 }), verifier({ clockSkewSeconds: 0 }));
+  });
+
+  it.each(['iat', 'nbf', 'exp'])('rejects a non-numeric %s', async (claim) => {
+    for (const value of [String(now()), null, [now()], { n: now() }, true]) {
+      const e = await expectRejected(
+        await rawSign({ alg: 'ES256', kid: 'es' }, { ...validClaims(), [claim]: value }),
+      );
+      expect(causeOf(e)).toMatch(new RegExp(`"${claim}"`));
+    }
+  });
+
+  it('gives a cause for the log that names the check but no claim value', async () => {
+    const e = await expectRejected(await sign({ iss: 'https://secret-issuer.example', sub: 'secret-sub' }));
+    expect(causeOf(e)).toMatch(/"iss"/);
+    expect(serialize(e)).not.toContain('secret-issuer');
+    expect(serialize(e)).not.toContain('secret-sub');
+  });
+});
+
+describe('local keys', () => {
+  it('re-reads a key set given as a function, rebuilding it only when the object changes', async () => {
+    let current: { keys: JWK[] } = { keys: [es.publicJwk] };
+    let reads = 0;
+    const v = verifier({
+      keys: {
+        kind: 'local',
+        jwks: () => {
+          reads++;
+          return current;
+        },
+      },
+    });
+    const esJwt = await sign();
+    const rsJwt = await sign({}, { alg: 'RS256', kid: 'rsa' }, rsa.privateKey);
+    await expect(v.verify(esJwt)).resolves.toBeDefined();
+    await expectRejected(rsJwt, v);
+    const before = reads;
+    await v.verify(esJwt);
+    expect(reads).toBeGreaterThan(before); // read on every verification
+    // Same object, mutated in place: not rebuilt (the set is keyed by object identity).
+    current.keys.push(rsa.publicJwk);
+    await expectRejected(rsJwt, v);
+    expect(v.isPublished('rsa')).toBe(false);
+    // A new object (a key ring reload): seen at once; the removed key no longer verifies.
+    current = { keys: [rsa.publicJwk] };
+    await expect(v.verify(rsJwt)).resolves.toBeDefined();
+    await expectRejected(esJwt, v);
+    expect(v.isPublished('rsa')).toBe(true);
+    expect(v.isPublished('es')).toBe(false);
+  });
+
+  it('isPublished with a static set; verify returns the kid', async () => {
+    const v = verifier();
+    expect(v.isPublished('es')).toBe(true);
+    expect(v.isPublished('rsa')).toBe(true);
+    expect(v.isPublished('gone')).toBe(false);
+    expect(v.isPublished(undefined)).toBeUndefined();
+    expect((await v.verify(await sign())).kid).toBe('es');
+    expect(
+      (
+        await verifier({
+          keys: { kind: 'local', jwks: { keys: [{ ...es.publicJwk, kid: undefined }] } },
+        }).verify(await sign({}, { kid: undefined }))
+      ).kid,
+    ).toBeUndefined();
+  });
+});
+
 describe('remote key set', () => {
   let stub: CurityStub;
   let jku: CurityStub;
@@ -321,21 +489,36 @@ describe('remote key set', () => {
     expect(jku.jwksCalls).toBe(before);
   });
 
-  it('refetches for an unknown kid at most once per 30 s cooldown', async () => {
+  it('picks up a rotated key at once, then refetches for an unknown kid at most once per 30 s', async () => {
     vi.useFakeTimers({ toFake: ['Date'] });
     const v = remote(async () => stub.jwksUri);
     await v.verify(await stub.signJwt());
     const afterFirst = stub.jwksCalls;
+    // A rotation right after the first fetch: the initial fetch does not open the 30 s window.
     await stub.rotateKeys({ keepOld: true });
-    const rotated = await stub.signJwt();
-    // Within the cooldown: no refetch, the new kid is unknown.
-    await expectRejected(rotated, v);
-    await expectRejected(await stub.signJwt({}, { kid: 'random-kid' }), v);
-    expect(stub.jwksCalls).toBe(afterFirst);
-    // After the cooldown: one refetch picks up the new key.
-    vi.setSystemTime(Date.now() + 31_000);
     await expect(v.verify(await stub.signJwt())).resolves.toBeDefined();
     expect(stub.jwksCalls).toBe(afterFirst + 1);
+    // That refetch did: within 30 s a second rotation and random kids fetch nothing.
+    await stub.rotateKeys({ keepOld: true });
+    const rotated = await stub.signJwt();
+    await expectRejected(rotated, v);
+    await expectRejected(await stub.signJwt({}, { kid: 'random-kid' }), v);
+    expect(stub.jwksCalls).toBe(afterFirst + 1);
+    // After the window: one refetch picks up the new key.
+    vi.setSystemTime(Date.now() + 31_000);
+    await expect(v.verify(await stub.signJwt())).resolves.toBeDefined();
+    expect(stub.jwksCalls).toBe(afterFirst + 2);
+  });
+
+  it('isPublished: undefined before the first fetch, then whether the fetched set has the kid', async () => {
+    const v = remote(async () => stub.jwksUri);
+    const kid = stub.publicJwks().keys[0]!.kid!;
+    expect(v.isPublished(kid)).toBeUndefined();
+    const verified = await v.verify(await stub.signJwt());
+    expect(verified.kid).toBe(kid);
+    expect(v.isPublished(kid)).toBe(true);
+    expect(v.isPublished('not-there')).toBe(false);
+    expect(v.isPublished(undefined)).toBeUndefined();
   });
 
   it('maps an unreachable JWKS (connection refused) to 503, not 401', async () => {
