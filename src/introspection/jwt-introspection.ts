@@ -9,6 +9,7 @@ import {
 import type { Config } from '../config/schema.ts';
 import { TokenServiceUnavailable } from '../errors/gateway-errors.ts';
 import { createRemoteKeySet, JwksUnavailable } from '../jwt/remote-jwks.ts';
+import { normalizeTyp, sanitizeJoseError } from '../jwt/verify-jwt.ts';
 import type { Introspection } from './introspection-client.ts';
 import type { TokenServiceMetadata } from './token-service-metadata.ts';
 
@@ -57,12 +58,6 @@ export interface JwtIntrospectionOptions {
   now?: () => Date;
 }
 
-/** `application/Token-Introspection+JWT` → `token-introspection+jwt` (RFC 7515 §4.1.9). */
-function normalizeTyp(typ: string): string {
-  const t = typ.toLowerCase();
-  return t.startsWith('application/') ? t.slice('application/'.length) : t;
-}
-
 /** The media type of a Content-Type header, parameters (`; charset=utf-8`) dropped, lower-cased. */
 function mediaType(contentType: string | null): string | undefined {
   if (contentType === null) return undefined;
@@ -77,20 +72,6 @@ function refuse(message: string, cause?: unknown): never {
       cause === undefined ? undefined : { cause },
     ),
   );
-}
-
-/** jose's code and message (and the name of the failing claim), not the claims it may carry. */
-function sanitize(err: unknown): Error {
-  if (err instanceof joseErrors.JOSEError) {
-    const e = new Error(`${err.code}: ${err.message}`);
-    e.name = err.name;
-    const claim = (err as { claim?: unknown }).claim;
-    if (typeof claim === 'string') Object.assign(e, { claim });
-    return e;
-  }
-  const e = new Error(err instanceof Error ? err.message : 'JWT verification failed');
-  if (err instanceof Error) e.name = err.name;
-  return e;
 }
 
 /** A short, printable rendition of a header value for the log (algorithm names, typ values). */
@@ -139,7 +120,7 @@ export function createJwtIntrospectionVerifier(opts: JwtIntrospectionOptions): J
       try {
         header = decodeProtectedHeader(jwt) as JWSHeaderParameters;
       } catch (err) {
-        refuse('the JWS header cannot be decoded', sanitize(err));
+        refuse('the JWS header cannot be decoded', sanitizeJoseError(err));
       }
       if (typeof header.alg !== 'string' || !allowed.has(header.alg)) {
         refuse(`algorithm ${show(header.alg)} is not allowed (jwt.algorithms)`);
@@ -168,7 +149,7 @@ export function createJwtIntrospectionVerifier(opts: JwtIntrospectionOptions): J
         if (err instanceof JwksUnavailable || err instanceof joseErrors.JWKSTimeout) {
           throw new TokenServiceUnavailable('unreachable', err);
         }
-        refuse('JWT verification failed', sanitize(err));
+        refuse('JWT verification failed', sanitizeJoseError(err));
       }
 
       const ti = payload['token_introspection'];

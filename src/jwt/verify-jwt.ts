@@ -62,13 +62,13 @@ const DEFAULT_TYPS = new Set(['jwt', 'at+jwt']);
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+$/;
 
 /** `application/at+jwt` → `at+jwt`, lower-cased (RFC 7515 §4.1.9). */
-function normalizeTyp(typ: string): string {
+export function normalizeTyp(typ: string): string {
   const t = typ.toLowerCase();
   return t.startsWith('application/') ? t.slice('application/'.length) : t;
 }
 
 /** A cause for the log that carries jose's code and message but not the claims it may hold. */
-function sanitize(err: unknown): Error {
+export function sanitizeJoseError(err: unknown): Error {
   if (err instanceof joseErrors.JOSEError) {
     const e = new Error(`${err.code}: ${err.message}`);
     e.name = err.name;
@@ -121,7 +121,7 @@ export function createJwtVerifier(opts: JwtVerifierOptions): JwtVerifier {
   }
 
   function refuse(cause: unknown): never {
-    throw new InvalidToken('jwt_invalid', 'The access token is invalid or expired', sanitize(cause));
+    throw new InvalidToken('jwt_invalid', 'The access token is invalid or expired', sanitizeJoseError(cause));
   }
 
   return {

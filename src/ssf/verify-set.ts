@@ -11,6 +11,7 @@ import {
 } from 'jose';
 import { LRUCache } from 'lru-cache';
 import { jwksFetch } from '../jwt/jwks-fetch.ts';
+import { normalizeTyp } from '../jwt/verify-jwt.ts';
 
 /**
  * Verification of Security Event Tokens (RFC 8417) pushed by a Shared Signals Framework
@@ -102,12 +103,6 @@ export interface SetVerifier {
 
 /** RFC 7515 compact serialization: three base64url parts, signature not empty. */
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+$/;
-
-/** `application/secevent+jwt` → `secevent+jwt`, lower-cased (RFC 7515 §4.1.9). */
-function normalizeTyp(typ: string): string {
-  const t = typ.toLowerCase();
-  return t.startsWith('application/') ? t.slice('application/'.length) : t;
-}
 
 const isObject = (v: unknown): v is Record<string, unknown> =>
   typeof v === 'object' && v !== null && !Array.isArray(v);

@@ -685,6 +685,34 @@ describe('tiered cache when Redis dies', () => {
     }
   });
 
+  it('an L1 entry that stillValid refuses (its key left the JWKS) is dropped and the lookup is a miss', async () => {
+    const memory = createMemoryCache({ maxEntries: 100 });
+    let published = true;
+    const seen: Array<string | undefined> = [];
+    const cache = createTieredCache({
+      memory,
+      cipher: createValueCipher(SECRET),
+      revive,
+      metrics: createCacheMetrics(),
+      variants: VARIANTS,
+      clockSkewSeconds: SKEW,
+      maxTtlSeconds: MAX_TTL,
+      stillValid: (e) => {
+        seen.push(e.kid);
+        return published;
+      },
+    });
+    const t = await newToken('rotated');
+    await cache.store(t.ref, { ...t.entry, kid: 'old-kid' }, 60);
+    expect((await cache.lookup(t.ref)).kind).toBe('hit');
+    published = false;
+    expect(await cache.lookup(t.ref)).toEqual({ kind: 'miss' });
+    // Dropped, not just hidden: publishing the key again does not bring the entry back.
+    published = true;
+    expect(await cache.lookup(t.ref)).toEqual({ kind: 'miss' });
+    expect(seen).toEqual(['old-kid', 'old-kid']);
+  });
+
   it('works on L1 alone when no Redis is configured', async () => {
     const memory = createMemoryCache({ maxEntries: 100 });
     const metrics = createCacheMetrics();
