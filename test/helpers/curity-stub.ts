@@ -76,6 +76,11 @@ export interface CurityStub {
   hugeBytesWritten: number;
   /** `typ` header of issued JWTs (null: none). */
   typ: string | null;
+  /**
+   * When set, an accept-jwt 200 answer also carries the JWT in this response header (default null:
+   * body only, as Curity). For nginx `auth_request`, which sees a subrequest's headers, never its body.
+   */
+  jwtHeader: string | null;
   /** Introspection requests received (any outcome). */
   calls: number;
   /** JWKS requests received. */
@@ -193,6 +198,7 @@ export async function startCurityStub(opts: CurityStubOptions): Promise<CuritySt
     discovery: {},
     hugeBytesWritten: 0,
     typ: opts.typ === undefined ? 'at+jwt' : opts.typ,
+    jwtHeader: null,
     calls: 0,
     jwksCalls: 0,
     requests: [],
@@ -388,6 +394,7 @@ export async function startCurityStub(opts: CurityStubOptions): Promise<CuritySt
     res.writeHead(200, {
       'content-type': 'application/jwt',
       ...(entry.maxAge !== undefined ? { 'cache-control': `max-age=${entry.maxAge}` } : {}),
+      ...(stub.jwtHeader !== null ? { [stub.jwtHeader]: jwt } : {}),
       ...extra,
     });
     res.end(jwt);
