@@ -126,10 +126,17 @@ export function installCleanupHooks(onSignal: () => Promise<void>): void {
   });
 }
 
+/** Pins a running process (all its threads) to `cpus` when taskset exists; false when it could not. */
+export function pinProcess(pid: number, cpus: string | undefined): boolean {
+  if (cpus === undefined || !hasTaskset) return false;
+  return (
+    spawnSync('taskset', ['-a', '-pc', cpus, String(pid)], { stdio: 'ignore', timeout: 5000 }).status === 0
+  );
+}
+
 /** Pins the runner process itself (all its threads) to `cpus`, so in-process servers stay off the load CPU. */
 export function pinSelf(cpus: string): boolean {
-  if (!hasTaskset) return false;
-  return spawnSync('taskset', ['-a', '-pc', cpus, String(process.pid)], { stdio: 'ignore' }).status === 0;
+  return pinProcess(process.pid, cpus);
 }
 
 /**

@@ -1,4 +1,3 @@
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
@@ -11,6 +10,8 @@ import { freePort } from '../../test/helpers/free-port.ts';
 import { type GatewayProcess, startGateway } from '../../test/helpers/gateway-process.ts';
 import { type RedisServerHandle, startRedisServer } from '../../test/helpers/redis-server.ts';
 import { type EchoUpstream, startEchoUpstream } from '../../test/helpers/upstream.ts';
+import { getStatus, round1, waitGatewayReady } from '../lib/http-client.ts';
+import { pinProcess } from '../lib/procs.ts';
 import type { BenchOptions, CountResult } from '../lib/types.ts';
 import { NGINX_AUTHREQ_NOTE, NGINX_JWT_HEADER, type NginxAuthReq, startNginxAuthReq } from './nginx.ts';
 
@@ -53,29 +54,6 @@ interface BurstOutcome {
   latenciesMs: number[];
 }
 
-/** Pins a running process (all its threads) to `cpus` when taskset exists. */
-function pin(pid: number, cpus: string | undefined): void {
-  if (cpus === undefined) return;
-  spawnSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore', timeout: 5000 });
-}
-
-function get(target: Target, path: string, headers: http.OutgoingHttpHeaders): Promise<number> {
-  return new Promise((resolve) => {
-    const req = http.request(
-      `${target.url}${path}`,
-      { agent: target.agent, headers, timeout: BURST_BOUND_MS },
-      (res) => {
-        res.resume();
-        res.once('end', () => resolve(res.statusCode ?? 0));
-        res.once('error', () => resolve(0));
-      },
-    );
-    req.once('timeout', () => req.destroy());
-    req.once('error', () => resolve(0));
-    req.end();
-  });
-}
-
 /**
  * A keep-alive agent for `url` with `sockets` connections opened now (concurrent requests without
  * a token: 401 at once, no token service involved), so the burst does not pay connection setup.
@@ -83,7 +61,11 @@ function get(target: Target, path: string, headers: http.OutgoingHttpHeaders): P
 async function preconnected(url: string, sockets: number): Promise<Target> {
   const agent = new http.Agent({ keepAlive: true, maxSockets: sockets, maxFreeSockets: sockets });
   const target = { url, agent };
-  await Promise.all(Array.from({ length: sockets }, () => get(target, '/api/invoices/warm', {})));
+  await Promise.all(
+    Array.from({ length: sockets }, () =>
+      getStatus(`${url}/api/invoices/warm`, { agent, timeoutMs: BURST_BOUND_MS }),
+    ),
+  );
   return target;
 }
 
@@ -92,12 +74,14 @@ async function burst(targets: Target[], token: string): Promise<BurstOutcome> {
   const latenciesMs: number[] = [];
   const started = performance.now();
   const all = Array.from({ length: BURST }, (_, i) =>
-    get(targets[i % targets.length]!, `/api/invoices/${i}`, { authorization: `Bearer ${token}` }).then(
-      (s) => {
-        latenciesMs.push(performance.now() - started);
-        return s;
-      },
-    ),
+    getStatus(`${targets[i % targets.length]!.url}/api/invoices/${i}`, {
+      agent: targets[i % targets.length]!.agent,
+      headers: { authorization: `Bearer ${token}` },
+      timeoutMs: BURST_BOUND_MS,
+    }).then((s) => {
+      latenciesMs.push(performance.now() - started);
+      return s;
+    }),
   );
   let timer: NodeJS.Timeout | undefined;
   const bound = new Promise<never>((_, reject) => {
@@ -114,8 +98,6 @@ function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return 0;
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 }
-
-const round1 = (n: number) => Math.round(n * 10) / 10;
 
 /**
  * Runs one contender: a warm-up burst (not counted: JIT, JWKS fetch), then TOKENS bursts, each
@@ -165,22 +147,6 @@ async function measure(
   }
 }
 
-/** Waits (bounded) until the gateway's /readyz is 200 (and Redis ready when it has Redis). */
-async function waitReady(gw: GatewayProcess, withRedis: boolean): Promise<void> {
-  const deadline = Date.now() + 20_000;
-  for (let i = 0; i < 400 && Date.now() < deadline; i++) {
-    try {
-      const res = await fetch(`${gw.adminUrl}/readyz`, { signal: AbortSignal.timeout(1000) });
-      const body = (await res.json()) as { redis?: string };
-      if (res.status === 200 && (!withRedis || body.redis === 'ready')) return;
-    } catch {
-      // not yet
-    }
-    await sleep(50);
-  }
-  throw new Error(`gateway ${gw.url} not ready`);
-}
-
 async function startReplicas(
   config: Record<string, unknown>,
   cpus: string | undefined,
@@ -191,8 +157,8 @@ async function startReplicas(
     for (let i = 0; i < REPLICAS; i++) {
       const gw = await startGateway(config, { env: ENV, waitForListening: false });
       gws.push(gw);
-      pin(gw.pid, cpus);
-      await waitReady(gw, (config['cache'] as { redis?: unknown } | undefined)?.redis !== undefined);
+      pinProcess(gw.pid, cpus);
+      await waitGatewayReady(gw, (config['cache'] as { redis?: unknown } | undefined)?.redis !== undefined);
     }
     return gws;
   } catch (err) {
@@ -255,7 +221,7 @@ export async function run(opts: BenchOptions): Promise<CountResult[]> {
       startRedisServer(),
       startEchoUpstream(),
     ]);
-    pin(redis.pid, cpus);
+    pinProcess(redis.pid, cpus);
     stub.jwtHeader = NGINX_JWT_HEADER; // for nginx-authreq; the gateways ignore it
     const s = stub;
     const stubToken = async () => {

@@ -1,4 +1,3 @@
-import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
@@ -7,6 +6,8 @@ import { type CurityStub, startCurityStub } from '../../test/helpers/curity-stub
 import { type GatewayProcess, startGateway } from '../../test/helpers/gateway-process.ts';
 import { type RedisServerHandle, startRedisServer } from '../../test/helpers/redis-server.ts';
 import { type EchoUpstream, startEchoUpstream } from '../../test/helpers/upstream.ts';
+import { getStatus, round1, waitGatewayReady } from '../lib/http-client.ts';
+import { pinProcess } from '../lib/procs.ts';
 import type { BenchOptions, CountResult } from '../lib/types.ts';
 
 /**
@@ -49,28 +50,6 @@ function rssMb(pid: number): number {
   }
 }
 
-function pin(pid: number, cpus: string | undefined): void {
-  if (cpus === undefined) return;
-  spawnSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { stdio: 'ignore', timeout: 5000 });
-}
-
-function get(url: string, agent: http.Agent, token: string): Promise<number> {
-  return new Promise((resolve) => {
-    const req = http.request(
-      url,
-      { agent, headers: { authorization: `Bearer ${token}` }, timeout: 15_000 },
-      (res) => {
-        res.resume();
-        res.once('end', () => resolve(res.statusCode ?? 0));
-        res.once('error', () => resolve(0));
-      },
-    );
-    req.once('timeout', () => req.destroy());
-    req.once('error', () => resolve(0));
-    req.end();
-  });
-}
-
 interface FloodOutcome {
   sent: number;
   statuses: Map<number, number>;
@@ -93,7 +72,11 @@ async function flood(
   const worker = async () => {
     while (next < count && Date.now() < deadline) {
       const i = next++;
-      const status = await get(url, agent, tokenAt(i));
+      const status = await getStatus(url, {
+        agent,
+        headers: { authorization: `Bearer ${tokenAt(i)}` },
+        timeoutMs: 15_000,
+      });
       statuses.set(status, (statuses.get(status) ?? 0) + 1);
       if (stub.requests.length > 1000) stub.requests.length = 0; // the stub records every request
       onProgress?.(i + 1);
@@ -107,22 +90,6 @@ async function flood(
   return { sent: next, statuses, seconds: (performance.now() - t0) / 1000 };
 }
 
-/** Waits (bounded) until /readyz is 200 with Redis ready. */
-async function waitReady(gw: GatewayProcess): Promise<void> {
-  const deadline = Date.now() + 20_000;
-  for (let i = 0; i < 400 && Date.now() < deadline; i++) {
-    try {
-      const res = await fetch(`${gw.adminUrl}/readyz`, { signal: AbortSignal.timeout(1000) });
-      if (res.status === 200 && ((await res.json()) as { redis?: string }).redis === 'ready') return;
-    } catch {
-      // not yet
-    }
-    await sleep(50);
-  }
-  throw new Error(`gateway ${gw.url} not ready`);
-}
-
-const round1 = (n: number) => Math.round(n * 10) / 10;
 const statusText = (s: Map<number, number>) =>
   [...s]
     .sort(([a], [b]) => a - b)
@@ -140,7 +107,7 @@ export async function run(opts: BenchOptions): Promise<CountResult[]> {
       startRedisServer(),
       startEchoUpstream(),
     ]);
-    pin(redis.pid, opts.serverCpus);
+    pinProcess(redis.pid, opts.serverCpus);
     // LOG_LEVEL warn: no access line per request (the test helper keeps all output in memory).
     gw = await startGateway(
       {
@@ -165,8 +132,8 @@ export async function run(opts: BenchOptions): Promise<CountResult[]> {
       },
       { env: { GW_SECRET, PHANTOM_CACHE_KEY: CACHE_KEY, LOG_LEVEL: 'warn' }, waitForListening: false },
     );
-    pin(gw.pid, opts.serverCpus);
-    await waitReady(gw);
+    pinProcess(gw.pid, opts.serverCpus);
+    await waitGatewayReady(gw, true);
     const url = `${gw.url}/api/invoices`;
     const pid = gw.pid;
     const s = stub;
