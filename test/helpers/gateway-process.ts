@@ -42,6 +42,24 @@ export async function waitFor(
   throw new Error(`timed out waiting for ${what}`);
 }
 
+/** The access log line of request `id` (written when the response closes: waited for, bounded). */
+export async function accessLine(
+  g: Pick<GatewayProcess, 'logs'>,
+  id: string,
+  timeoutMs = 5000,
+): Promise<Record<string, unknown>> {
+  let line: Record<string, unknown> | undefined;
+  await waitFor(
+    () => {
+      line = g.logs().find((l) => l['msg'] === 'request' && l['requestId'] === id);
+      return line !== undefined;
+    },
+    timeoutMs,
+    `the access line of ${id}`,
+  );
+  return line!;
+}
+
 /** Runs the CLI to completion (bounded) and returns its exit code and output. */
 export function runCli(
   args: string[],

@@ -25,7 +25,7 @@ import {
   type StubKeyAlg,
   startCurityStub,
 } from '../../helpers/curity-stub.ts';
-import { type GatewayProcess, startGateway, waitFor } from '../../helpers/gateway-process.ts';
+import { accessLine, type GatewayProcess, startGateway } from '../../helpers/gateway-process.ts';
 import { request } from '../../helpers/http.ts';
 import {
   type AttackerCertificate,
@@ -614,20 +614,6 @@ function attackSuite(mode: 'accept-jwt' | 'claim'): void {
       // The stub was asked exactly once for this token: the gateway judged the crafted answer.
       expect(stub.requests.filter((r) => r.body.get('token') === t).length).toBe(1);
       return { t, id, res, forwarded: up.requests.filter((r) => r.headers['x-request-id'] === id) };
-    }
-
-    /** The access line of a request (written when the response closes, so waited for). */
-    async function accessLine(g: GatewayProcess, id: string): Promise<Record<string, unknown>> {
-      let line: Record<string, unknown> | undefined;
-      await waitFor(
-        () => {
-          line = g.logs().find((l) => l['msg'] === 'request' && l['requestId'] === id);
-          return line !== undefined;
-        },
-        5000,
-        `the access line of ${id}`,
-      );
-      return line!;
     }
 
     /** Access-line and logger fields that are not a cause. */

@@ -2,7 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { decodeProtectedHeader } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type CurityStub, startCurityStub } from '../../helpers/curity-stub.ts';
-import { type GatewayProcess, startGateway, waitFor } from '../../helpers/gateway-process.ts';
+import { accessLine, type GatewayProcess, startGateway } from '../../helpers/gateway-process.ts';
 import { request, type SimpleResponse } from '../../helpers/http.ts';
 import { type RedisServerHandle, startRedisServer } from '../../helpers/redis-server.ts';
 import { type EchoUpstream, startEchoUpstream } from '../../helpers/upstream.ts';
@@ -119,20 +119,6 @@ const introspections = (w: World, t: string) =>
 
 const currentKid = (w: World) => w.stub.publicJwks().keys[0]!.kid!;
 
-/** The access log line of a request (written when the response closes). */
-async function accessLine(w: World, id: string): Promise<Record<string, unknown>> {
-  let line: Record<string, unknown> | undefined;
-  await waitFor(
-    () => {
-      line = w.gw.logs().find((l) => l['msg'] === 'request' && l['requestId'] === id);
-      return line !== undefined;
-    },
-    5000,
-    `the access line of ${id}`,
-  );
-  return line!;
-}
-
 describe('token service key rotation', () => {
   it('a rotation during a request loop: zero failures, one JWKS fetch for the new kid, cached JWTs keep working', async () => {
     const w = worlds.loop;
@@ -213,12 +199,12 @@ describe('token service key rotation', () => {
       expect(introspections(w, t1)).toBe(2);
       expect(forwardedKid(again.id)).toBe(newKid);
       expect(forwardedJwt(again.id)).not.toBe(forwardedJwt(first.id));
-      expect((await accessLine(w, again.id))['cache']).toBe('introspection');
+      expect((await accessLine(w.gw, again.id))['cache']).toBe('introspection');
       // And the new JWT is cached again.
       const cached = await call(w, t1);
       expect(cached.res.status).toBe(200);
       expect(introspections(w, t1)).toBe(2);
-      expect((await accessLine(w, cached.id))['cache']).toBe('l1');
+      expect((await accessLine(w.gw, cached.id))['cache']).toBe('l1');
     },
   );
 
@@ -237,7 +223,7 @@ describe('token service key rotation', () => {
       expect(res.json()['error']).toBe('invalid_token');
       expect(res.headers['www-authenticate']).toMatch(/error="invalid_token"/);
       expect(forwardedJwt(id)).toBeUndefined();
-      expect((await accessLine(w, id))['reason']).toBe('jwt_invalid');
+      expect((await accessLine(w.gw, id))['reason']).toBe('jwt_invalid');
     }
     expect(w.stub.jwksCalls - jwksBefore).toBeLessThanOrEqual(1);
     // Legitimate tokens are unaffected and need no fetch.

@@ -5,7 +5,7 @@ import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type CurityStub, startCurityStub } from '../../helpers/curity-stub.ts';
 import { freePort } from '../../helpers/free-port.ts';
-import { type GatewayProcess, startGateway, waitFor } from '../../helpers/gateway-process.ts';
+import { accessLine, type GatewayProcess, startGateway, waitFor } from '../../helpers/gateway-process.ts';
 import { request, type SimpleResponse } from '../../helpers/http.ts';
 import { type RedisServerHandle, startRedisServer } from '../../helpers/redis-server.ts';
 import { type EchoUpstream, startEchoUpstream } from '../../helpers/upstream.ts';
@@ -177,20 +177,6 @@ const introspections = (t: string) => stub.requests.filter((r) => r.body.get('to
 function forwardedJwt(id: string): string | undefined {
   const got = up.requests.find((r) => r.headers['x-request-id'] === id);
   return got === undefined ? undefined : String(got.headers.authorization).replace(/^Bearer /, '');
-}
-
-/** The access log line of a request (waits for it: it is written when the response closes). */
-async function accessLine(g: GatewayProcess, id: string): Promise<Record<string, unknown>> {
-  let line: Record<string, unknown> | undefined;
-  await waitFor(
-    () => {
-      line = g.logs().find((l) => l['msg'] === 'request' && l['requestId'] === id);
-      return line !== undefined;
-    },
-    5000,
-    `the access line of ${id}`,
-  );
-  return line!;
 }
 
 function expectErrorBody(res: SimpleResponse, error: string, id: string): void {

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { type CurityStub, startCurityStub } from '../../helpers/curity-stub.ts';
-import { type GatewayProcess, startGateway, waitFor } from '../../helpers/gateway-process.ts';
+import { accessLine, type GatewayProcess, startGateway } from '../../helpers/gateway-process.ts';
 import { request, type SimpleResponse } from '../../helpers/http.ts';
 import { type EchoUpstream, startEchoUpstream } from '../../helpers/upstream.ts';
 
@@ -101,16 +101,7 @@ function forwardedJwt(id: string): string | undefined {
 }
 
 async function reasonOf(g: GatewayProcess, id: string): Promise<unknown> {
-  let line: Record<string, unknown> | undefined;
-  await waitFor(
-    () => {
-      line = g.logs().find((l) => l['msg'] === 'request' && l['requestId'] === id);
-      return line !== undefined;
-    },
-    5000,
-    `the access line of ${id}`,
-  );
-  return line!['reason'];
+  return (await accessLine(g, id))['reason'];
 }
 
 function expectErrorBody(res: SimpleResponse, error: string, id: string): void {

@@ -14,7 +14,7 @@ import {
   startCurityStub,
 } from '../../helpers/curity-stub.ts';
 import { freePort } from '../../helpers/free-port.ts';
-import { type GatewayProcess, startGateway, waitFor } from '../../helpers/gateway-process.ts';
+import { accessLine, type GatewayProcess, startGateway, waitFor } from '../../helpers/gateway-process.ts';
 import { request, type SimpleResponse } from '../../helpers/http.ts';
 import { type EchoUpstream, startEchoUpstream } from '../../helpers/upstream.ts';
 
@@ -183,20 +183,6 @@ async function call(t: string, g: GatewayProcess): Promise<{ res: SimpleResponse
     headers: { authorization: `Bearer ${t}`, 'x-request-id': id },
   });
   return { res, id };
-}
-
-/** The access log line of a request (written when the response closes: waited for, bounded). */
-async function accessLine(g: GatewayProcess, id: string): Promise<Record<string, unknown>> {
-  let line: Record<string, unknown> | undefined;
-  await waitFor(
-    () => {
-      line = g.logs().find((l) => l['msg'] === 'request' && l['requestId'] === id);
-      return line !== undefined;
-    },
-    5000,
-    `the access line of ${id}`,
-  );
-  return line!;
 }
 
 /** The gateway's warn line saying why the introspection of this request failed. */
