@@ -363,8 +363,9 @@ export function createIntrospectionClient(
   };
 
   return {
-    // Why the token service could not be used goes to the operator's log (the response and the
-    // access line only say token_service_unavailable). The causes hold no token (see IntrospectionFailure).
+    // Why the token service could not be used goes to the operator's log once per introspection
+    // (the access line of every request that waited on it carries the cause too; the response only
+    // says token_service_unavailable). The causes hold no token (see IntrospectionFailure).
     async introspect(token, ctx): Promise<Introspection> {
       try {
         return await client.introspect(token, ctx);
