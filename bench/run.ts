@@ -32,7 +32,9 @@ import {
   killAllSync,
   livePids,
   pinSelf,
+  processCpuMs,
 } from './lib/procs.ts';
+import { summariseProfileDir } from './lib/profile-summary.ts';
 import {
   evaluateGoals,
   markdownReport,
@@ -56,14 +58,18 @@ import type { BenchOptions, CountResult, LoadResult } from './lib/types.ts';
  * Every process it starts is tracked by PID and killed on exit, Ctrl-C and errors.
  */
 
-const USAGE = `usage: npm run bench -- [--quick] [--only name,name…] [--rounds N] [--duration S] [--connections N]
+const USAGE = `usage: npm run bench -- [--quick] [--only name,name…] [--rounds N] [--duration S] [--connections N] [--profile]
   contenders: direct node-proxy express-proxy nginx-authreq pg-l1 pg-l2 pg-miss pg-mint-l1 pg-l1-10k-routes
-  scenarios:  burst flood (B2's count scenarios)
-  --only keeps direct and express-proxy (the ratio baselines), and pg-l1 with pg-l1-10k-routes.`;
+  scenarios:  steady-keepalive no-keepalive upload-1mib download-1mib (load; naming any keeps only those)
+              burst flood (count scenarios)
+  --only keeps direct and express-proxy (the ratio baselines), and pg-l1 with pg-l1-10k-routes.
+  --profile writes a V8 CPU profile per Node contender to bench/results/profiles/<date>/ and prints
+            where each spent its time (self time by function and by package).`;
 
 const ONE_MIB = 1024 * 1024;
 /** Contenders of the no-keep-alive and 1 MiB scenarios (the brief: the proxies and the L1 hit). */
 const STREAM_SET = new Set(['direct', 'node-proxy', 'express-proxy', 'pg-l1']);
+const LOAD_SCENARIOS = ['steady-keepalive', 'no-keepalive', 'upload-1mib', 'download-1mib'];
 const ALL = [
   'direct',
   'node-proxy',
@@ -76,6 +82,7 @@ const ALL = [
   'pg-l1-10k-routes',
   'burst',
   'flood',
+  ...LOAD_SCENARIOS,
 ];
 /** Bound of one of B2's count scenarios (they bound their own waits too). */
 const COUNT_SCENARIO_BOUND_MS = 240_000;
@@ -88,6 +95,7 @@ function parseOptions() {
       rounds: { type: 'string' },
       duration: { type: 'string' },
       connections: { type: 'string' },
+      profile: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
   });
@@ -116,7 +124,7 @@ function parseOptions() {
     connections: int(values.connections, 50, 'connections'),
     ...(split && hasTaskset ? split : {}),
   };
-  return { bench, quick, selected };
+  return { bench, quick, selected, profile: values.profile === true };
 }
 
 /** Imports one of B2's modules if it exists; undefined when the file is not there. */
@@ -145,7 +153,11 @@ const MACHINE_CPUS = availableParallelism();
 
 async function main(): Promise<void> {
   const started = new Date();
-  const { bench, quick, selected } = parseOptions();
+  const { bench, quick, selected, profile } = parseOptions();
+  // --profile: CPU profiles of every Node contender, summarised after the run (bench/results/profiles/).
+  const profileDir = profile
+    ? join(ROOT, 'bench/results/profiles', started.toISOString().slice(0, 10))
+    : undefined;
   const tmpDir = mkdtempSync(join(tmpdir(), 'phantom-bench-'));
   const contenders: Contender[] = [];
   const inProcess: Array<() => Promise<unknown>> = [];
@@ -193,7 +205,14 @@ async function main(): Promise<void> {
       clientSecret: GW_SECRET,
       jwtLifetimeSeconds: 3600,
     });
-    const env: SharedEnv = { tmpDir, serverCpus, upstreamUrl: upstream.url, redisUrl: redis.url, stub };
+    const env: SharedEnv = {
+      tmpDir,
+      serverCpus,
+      upstreamUrl: upstream.url,
+      redisUrl: redis.url,
+      stub,
+      ...(profileDir !== undefined ? { profileDir } : {}),
+    };
 
     const want = (n: string) => selected.has(n);
     if (want('direct')) {
@@ -299,14 +318,21 @@ async function main(): Promise<void> {
     const measure = async (
       c: Contender,
       spec: LoadSpec,
-    ): Promise<{ sample: LoadSample; levels?: Record<string, number> }> => {
+    ): Promise<{ sample: LoadSample; levels?: Record<string, number>; cpuUs?: number }> => {
       if (c.tokens?.ensure) {
         // Enough unused tokens for a generous request rate; exhaustion is reported, never hidden.
         c.tokens.ensure(20_000 * spec.durationSeconds);
         spec = { ...spec, tokenOffset: c.tokens.offset };
       }
       const from = c.logFile === undefined ? 0 : logSize(c.logFile);
+      const cpuPid = c.name === 'nginx-authreq' ? undefined : c.pid;
+      const cpuBefore = processCpuMs(cpuPid);
       const sample = await runLoad(spec, loadOpts);
+      const cpuAfter = processCpuMs(cpuPid);
+      const cpuUs =
+        cpuBefore !== undefined && cpuAfter !== undefined && sample.requests > 0
+          ? ((cpuAfter - cpuBefore) * 1000) / sample.requests
+          : undefined;
       if (c.tokens && !c.tokens.cycle) c.tokens.offset += sample.tokensUsed;
       stub!.requests.length = 0;
       // The access line is written when the response closes: give the last ones a moment.
@@ -315,7 +341,7 @@ async function main(): Promise<void> {
         await new Promise((r) => setTimeout(r, 200));
         levels = await cacheLevels(c.logFile, from);
       }
-      return { sample, levels };
+      return { sample, levels, ...(cpuUs !== undefined ? { cpuUs } : {}) };
     };
 
     // Warm-up (JIT, pools, connections): one short unrecorded run per contender.
@@ -325,9 +351,14 @@ async function main(): Promise<void> {
     const results: LoadResult[] = [...skipped];
     /** Every round's raw sample, for the JSON (scenario → contender → rounds). */
     const raw: Record<string, Record<string, LoadSample[]>> = {};
+    const namedLoad = LOAD_SCENARIOS.filter(want);
     for (const sc of scenarios) {
       if (sc.contenders.length === 0) continue;
-      const samples = new Map<string, Array<{ sample: LoadSample; levels?: Record<string, number> }>>();
+      if (namedLoad.length > 0 && !namedLoad.includes(sc.name)) continue;
+      const samples = new Map<
+        string,
+        Array<{ sample: LoadSample; levels?: Record<string, number>; cpuUs?: number }>
+      >();
       for (let round = 1; round <= bench.rounds; round++) {
         for (const c of sc.contenders) {
           const m = await measure(c, sc.spec(c));
@@ -337,6 +368,7 @@ async function main(): Promise<void> {
           perContender[c.name] = [...(perContender[c.name] ?? []), m.sample];
           log(
             `${sc.name} round ${round}/${bench.rounds} ${c.name}: ${Math.round(m.sample.rps)} req/s, p99 ${m.sample.latencyMs.p99} ms` +
+              (m.cpuUs !== undefined ? `, ${Math.round(m.cpuUs)} µs CPU/req` : '') +
               (m.sample.errors + m.sample.non2xx > 0
                 ? `, ${m.sample.errors} errors, ${m.sample.non2xx} non-2xx`
                 : ''),
@@ -371,6 +403,9 @@ async function main(): Promise<void> {
           },
           errors: bad,
           rounds: s.length,
+          ...(runs.every((r) => r.cpuUs !== undefined) && runs.length > 0
+            ? { cpuUsPerRequest: Math.round(median(runs.map((r) => r.cpuUs!)) * 10) / 10 }
+            : {}),
           ...(stream
             ? {
                 mibPerSec: spread(
@@ -386,6 +421,13 @@ async function main(): Promise<void> {
 
     // Free the CPUs and memory before B2's count scenarios start their own processes.
     await Promise.allSettled(contenders.map((c) => c.stop()));
+    if (profileDir !== undefined) {
+      // The contenders wrote their profiles on exit (whole life: warm-up and every scenario).
+      const summary = summariseProfileDir(profileDir);
+      writeFileSync(join(profileDir, 'summary.md'), summary);
+      console.log(summary);
+      log(`CPU profiles and summary.md in ${profileDir}`);
+    }
 
     // ── B2 call sites: bench/scenarios/burst.ts and flood.ts, run(opts: BenchOptions): Promise<CountResult[]> ──
     const counts: CountResult[] = [];

@@ -26,6 +26,7 @@ import { createJwtVerifier, type JwtVerifier } from './jwt/verify-jwt.ts';
 import { createAccessLog } from './observability/access-log.ts';
 import type { Logger } from './observability/logger.ts';
 import { createAuthorizeScopes } from './pipeline/authorize-scopes.ts';
+import { chain } from './pipeline/chain.ts';
 import { createExtractToken } from './pipeline/extract-token.ts';
 import { createForward } from './pipeline/forward.ts';
 import { createMatchRoute } from './pipeline/match-route.ts';
@@ -210,17 +211,21 @@ export async function createGateway(
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
-  app.use(createRequestId(), createAccessLog(logger));
-  // jwt.mint.jwksPath: the public keys of minted JWTs, without a token, before route matching.
-  if (keyRing !== undefined && mint?.jwksPath !== undefined) {
-    app.use(createPublicJwksEndpoint(mint.jwksPath, keyRing));
-  }
+  // The SPEC §4 stages, in order, as one middleware (chain.ts).
   app.use(
-    createMatchRoute(() => table),
-    createExtractToken(),
-    resolver.middleware,
-    createAuthorizeScopes(),
-    forward.forward,
+    chain([
+      createRequestId(),
+      createAccessLog(logger),
+      // jwt.mint.jwksPath: the public keys of minted JWTs, without a token, before route matching.
+      ...(keyRing !== undefined && mint?.jwksPath !== undefined
+        ? [createPublicJwksEndpoint(mint.jwksPath, keyRing)]
+        : []),
+      createMatchRoute(() => table),
+      createExtractToken(),
+      resolver.middleware,
+      createAuthorizeScopes(),
+      forward.forward,
+    ]),
   );
   app.use(createErrorHandler({ realm, logger }));
 

@@ -60,9 +60,17 @@ export interface TokenPool {
 export interface SharedEnv {
   tmpDir: string;
   serverCpus?: string;
+  /** --profile: each Node contender writes a V8 CPU profile (`--cpu-prof`) into `<profileDir>/<name>/` on exit. */
+  profileDir?: string;
   upstreamUrl: string;
   redisUrl: string;
   stub: CurityStub;
+}
+
+/** NODE_OPTIONS asking Node for a CPU profile of the whole process life (written at exit), when profiling. */
+function profileEnv(env: { profileDir?: string }, name: string): NodeJS.ProcessEnv {
+  if (env.profileDir === undefined) return {};
+  return { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${join(env.profileDir, name)}` };
 }
 
 /** Starts a bench helper script (upstream, node-proxy, express-proxy) as its own pinned process. */
@@ -70,13 +78,13 @@ export async function startScript(
   name: string,
   script: string,
   args: string[],
-  env: { serverCpus?: string; tmpDir: string },
+  env: { serverCpus?: string; tmpDir: string; profileDir?: string },
 ): Promise<{ url: string; child: ChildProcess; stop(): Promise<void> }> {
   const port = await freePort();
   const child = spawnTracked(
     process.execPath,
     [...NODE_FLAGS, resolve(import.meta.dirname, script), '--port', String(port), ...args],
-    { name, cpus: env.serverCpus, logFile: join(env.tmpDir, `${name}.log`) },
+    { name, cpus: env.serverCpus, logFile: join(env.tmpDir, `${name}.log`), env: profileEnv(env, name) },
   );
   const url = `http://127.0.0.1:${port}`;
   await waitForHttp(`${url}${ITEM_PATH}`, name, { child, timeoutMs: 20_000 });
@@ -124,7 +132,12 @@ async function startGatewayProcess(
     name,
     cpus: env.serverCpus,
     cwd: ROOT,
-    env: { BENCH_GW_SECRET: GW_SECRET, PHANTOM_CACHE_KEY: CACHE_KEY, LOG_LEVEL: undefined },
+    env: {
+      BENCH_GW_SECRET: GW_SECRET,
+      PHANTOM_CACHE_KEY: CACHE_KEY,
+      LOG_LEVEL: undefined,
+      ...profileEnv(env, name),
+    },
     logFile,
   });
   const adminUrl = `http://127.0.0.1:${adminPort}`;

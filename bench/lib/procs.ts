@@ -1,5 +1,5 @@
 import { type ChildProcess, type StdioOptions, spawn, spawnSync } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /**
@@ -174,3 +174,27 @@ export function defaultCpuSplit(cpuCount: number): { serverCpus: string; loadCpu
   const range = (from: number, to: number) => (from === to ? String(from) : `${from}-${to}`);
   return { serverCpus: range(0, cpuCount - half - 1), loadCpus: range(cpuCount - half, cpuCount - 1) };
 }
+
+/** CPU time (user + system, ms) a process has used so far, from /proc; undefined where unreadable. */
+export function processCpuMs(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const ticks = Number(fields[11]) + Number(fields[12]);
+    return Number.isFinite(ticks) ? (ticks * 1000) / CLOCK_TICKS : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** USER_HZ: clock ticks per second of /proc's times (100 on Linux; `getconf CLK_TCK`). */
+const CLOCK_TICKS: number = (() => {
+  try {
+    const n = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim());
+    return n > 0 ? n : 100;
+  } catch {
+    return 100;
+  }
+})();

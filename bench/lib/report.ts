@@ -106,8 +106,8 @@ function loadTable(results: LoadResult[], scenario: string): string {
   const express = byName(results, scenario, 'express-proxy');
   const direct = byName(results, scenario, 'direct');
   const head = stream
-    ? '| contender | MiB/s | min–max | req/s | p50 ms | p99 ms | p99.9 ms | × express-proxy | × direct | errors |'
-    : '| contender | req/s | min–max | p50 ms | p99 ms | p99.9 ms | × express-proxy | × direct | errors | cache level |';
+    ? '| contender | MiB/s | min–max | req/s | p50 ms | p99 ms | p99.9 ms | × express-proxy | × direct | CPU µs/req | errors |'
+    : '| contender | req/s | min–max | p50 ms | p99 ms | p99.9 ms | × express-proxy | × direct | CPU µs/req | errors | cache level |';
   const lines = [
     head,
     `|${head
@@ -118,7 +118,7 @@ function loadTable(results: LoadResult[], scenario: string): string {
   ];
   for (const r of rows) {
     if (r.note?.startsWith('skipped') === true) {
-      lines.push(`| ${r.contender} | ${r.note} |${' |'.repeat(stream ? 8 : 9)}`);
+      lines.push(`| ${r.contender} | ${r.note} |${' |'.repeat(stream ? 9 : 10)}`);
       continue;
     }
     const main = stream ? r.mibPerSec! : r.rps;
@@ -133,6 +133,7 @@ function loadTable(results: LoadResult[], scenario: string): string {
       fmt(r.latencyMs.p999),
       base(express),
       base(direct),
+      r.cpuUsPerRequest === undefined ? '—' : fmt(r.cpuUsPerRequest),
       r.errors === 0 ? '0' : `**${r.errors}**`,
       ...(stream ? [] : [cacheCell(r.cacheLevels)]),
     ];
@@ -201,13 +202,22 @@ export function terminalTable(results: LoadResult[], scenario: string): string {
   const direct = byName(results, scenario, 'direct');
   const stream = rows.some((r) => r.mibPerSec !== undefined);
   const table = [
-    [stream ? 'MiB/s' : 'req/s', 'min–max', 'p50 ms', 'p99 ms', '×express', '×direct', 'errors'],
+    [
+      stream ? 'MiB/s' : 'req/s',
+      'min–max',
+      'p50 ms',
+      'p99 ms',
+      '×express',
+      '×direct',
+      'CPU µs/req',
+      'errors',
+    ],
   ];
   const names = ['contender'];
   for (const r of rows) {
     names.push(r.contender);
     if (r.note?.startsWith('skipped') === true) {
-      table.push([r.note, '', '', '', '', '', '']);
+      table.push([r.note, '', '', '', '', '', '', '']);
       continue;
     }
     const m = stream ? r.mibPerSec! : r.rps;
@@ -219,6 +229,7 @@ export function terminalTable(results: LoadResult[], scenario: string): string {
       fmt(r.latencyMs.p99),
       base(express),
       base(direct),
+      r.cpuUsPerRequest === undefined ? '—' : fmt(r.cpuUsPerRequest),
       String(r.errors),
     ]);
   }

@@ -18,6 +18,12 @@ export interface LoadResult {
   note?: string;
   /** Streaming scenarios: body megabytes (MiB) per second, median and spread over the rounds. */
   mibPerSec?: { median: number; min: number; max: number };
+  /**
+   * CPU time the contender's own process spent per request (µs, median over rounds; user + system
+   * from /proc, so the upstream, Redis and the load generator are not in it). Absent for nginx
+   * (several worker processes).
+   */
+  cpuUsPerRequest?: number;
   /** Gateways: access-log `cache` levels of the measured requests, summed over the rounds (l1, l2, introspection…). */
   cacheLevels?: Record<string, number>;
 }

@@ -1,4 +1,4 @@
-import { createHmac, randomBytes } from 'node:crypto';
+import { createHmac, createSecretKey, randomBytes } from 'node:crypto';
 
 /** Minimum length of `PHANTOM_CACHE_KEY` in characters (≈ 32 bytes of entropy for a random key). */
 export const MIN_CACHE_KEY_LENGTH = 32;
@@ -14,8 +14,11 @@ export type CacheKeyer = (token: string, variant?: string) => string;
 export function createCacheKeyer(secret: string | Buffer): CacheKeyer {
   const key = typeof secret === 'string' ? Buffer.from(secret, 'utf8') : Buffer.from(secret);
   if (key.length === 0) throw new Error('cache key secret must not be empty');
+  // A KeyObject made once: createHmac with a Buffer key builds one per call (≈ 6× the cost of the
+  // HMAC itself on Node 24, measured), and this runs on every request.
+  const keyObject = createSecretKey(key);
   return (token, variant) => {
-    const mac = createHmac('sha256', key).update(token, 'utf8');
+    const mac = createHmac('sha256', keyObject).update(token, 'utf8');
     if (variant !== undefined) mac.update('\0', 'utf8').update(variant, 'utf8');
     return mac.digest('base64url');
   };

@@ -40,6 +40,11 @@ export const slotOf = (ref: { tag: string; variant: string }): string =>
 export interface TieredCache {
   /** L1 (entry, verdict), then L2 (entry, verdict) unless `l2Only`. Never rejects. */
   lookup(ref: CacheRef, opts?: { l2Only?: boolean }): Promise<Lookup>;
+  /**
+   * L1 only, synchronously (the hot path: no promise, no await): the entry or the verdict, or
+   * `miss` when L1 has neither — then `lookup` goes on to L2. A hit or a verdict is counted here.
+   */
+  lookupL1(ref: CacheRef): Lookup;
   /** L1 and L2 (encrypted) for `ttlSeconds`, plus the subject index; L2 failures ignored. */
   store(ref: CacheRef, entry: CacheEntry, ttlSeconds: number): Promise<void>;
   /** Remembers an inactive verdict in L1 and L2 for `ttlSeconds` (0: nothing). */
@@ -127,21 +132,29 @@ export function createTieredCache(opts: TieredCacheOptions): TieredCache {
     return { kind: 'hit', entry, level: 'l2' };
   }
 
+  function lookupL1(ref: CacheRef): Lookup {
+    const slot = slotOf(ref);
+    const l1 = memory.get(slot);
+    if (l1 !== undefined && opts.stillValid !== undefined && !opts.stillValid(l1)) {
+      memory.delete(slot);
+    } else if (l1 !== undefined) {
+      metrics.hitsL1++;
+      return { kind: 'hit', entry: l1, level: 'l1' };
+    }
+    if (memory.isInactive(ref.tag)) {
+      metrics.negativeHitsL1++;
+      return { kind: 'inactive', level: 'l1' };
+    }
+    return { kind: 'miss' };
+  }
+
   return {
+    lookupL1,
+
     async lookup(ref, lookupOpts) {
       if (lookupOpts?.l2Only !== true) {
-        const slot = slotOf(ref);
-        const l1 = memory.get(slot);
-        if (l1 !== undefined && opts.stillValid !== undefined && !opts.stillValid(l1)) {
-          memory.delete(slot);
-        } else if (l1 !== undefined) {
-          metrics.hitsL1++;
-          return { kind: 'hit', entry: l1, level: 'l1' };
-        }
-        if (memory.isInactive(ref.tag)) {
-          metrics.negativeHitsL1++;
-          return { kind: 'inactive', level: 'l1' };
-        }
+        const l1 = lookupL1(ref);
+        if (l1.kind !== 'miss') return l1;
       }
       const r = await lookupL2(ref);
       if (r.kind === 'miss' && lookupOpts?.l2Only !== true) metrics.misses++;

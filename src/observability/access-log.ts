@@ -1,7 +1,7 @@
 import type { NextFunction, Request, Response } from 'express';
 import { ctx } from '../pipeline/context.ts';
 import { splitTarget } from '../pipeline/match-route.ts';
-import type { Logger } from './logger.ts';
+import { accessLoggerOf, type Logger } from './logger.ts';
 
 /**
  * One JSON access line per request, written when the response is done or the client went away:
@@ -9,13 +9,14 @@ import type { Logger } from './logger.ts';
  * durations. Never a header value, token or JWT.
  */
 export function createAccessLog(logger: Logger) {
+  const access = accessLoggerOf(logger);
   return function accessLog(req: Request, res: Response, next: NextFunction): void {
     const path = splitTarget(req.url).path;
     const method = req.method;
     res.once('close', () => {
       const c = ctx(res);
       if (c === undefined) return;
-      logger.info(
+      access.info(
         {
           requestId: c.requestId,
           route: c.route?.name,

@@ -123,6 +123,12 @@ export function createJwtResolver(deps: ResolveDeps) {
     return undefined;
   }
 
+  const refOf = (token: string, route: CompiledRoute): CacheRef => ({
+    tag: deps.keyer(token),
+    variant: cacheVariant(config, route.audience),
+    token,
+  });
+
   /** Resolves for one request; throws InvalidToken / TokenServiceUnavailable. */
   async function resolve(
     token: string,
@@ -130,7 +136,19 @@ export function createJwtResolver(deps: ResolveDeps) {
     requestId: string,
     traceparent?: string,
   ): Promise<ResolvedToken & { tokenServiceMs?: number }> {
-    const ref: CacheRef = { tag: deps.keyer(token), variant: cacheVariant(config, route.audience), token };
+    return resolveMiss(refOf(token, route), route, requestId, traceparent);
+  }
+
+  /**
+   * L1 and L2 (the middleware has already found L1 empty; checking it again costs a map lookup),
+   * then one introspection per token (process single-flight, cross-replica lock).
+   */
+  async function resolveMiss(
+    ref: CacheRef,
+    route: CompiledRoute,
+    requestId: string,
+    traceparent?: string,
+  ): Promise<ResolvedToken & { tokenServiceMs?: number }> {
     const found = await cache.lookup(ref);
     if (found.kind === 'hit') return { ...found.entry, source: found.level };
     if (found.kind === 'inactive') throw new InvalidToken('token_inactive');
@@ -148,16 +166,37 @@ export function createJwtResolver(deps: ResolveDeps) {
 
   return {
     resolve,
-    /** Stage 4 as middleware: writes `resolved` and the cache level into the context. */
-    middleware: async function resolveJwt(req: Request, res: Response, next: NextFunction): Promise<void> {
+    /**
+     * Stage 4 as middleware: writes `resolved` and the cache level into the context. An L1 hit
+     * (the common case) is resolved synchronously: no promise, no await on the hot path.
+     */
+    middleware: function resolveJwt(
+      req: Request,
+      res: Response,
+      next: NextFunction,
+    ): Promise<void> | undefined {
       const c = ctx(res);
-      if (c.token === undefined) return next(); // auth: none
+      if (c.token === undefined) {
+        next(); // auth: none
+        return undefined;
+      }
+      const route = c.route!;
+      const ref = refOf(c.token, route);
+      const l1 = cache.lookupL1(ref);
+      if (l1.kind === 'hit') {
+        c.cache = 'l1';
+        c.resolved = { ...l1.entry, source: 'l1' };
+        next();
+        return undefined;
+      }
+      if (l1.kind === 'inactive') throw new InvalidToken('token_inactive');
       const tp = req.headers.traceparent;
-      const r = await resolve(c.token, c.route!, c.requestId, typeof tp === 'string' ? tp : undefined);
-      c.cache = r.source;
-      if (r.tokenServiceMs !== undefined) c.tokenServiceMs = r.tokenServiceMs;
-      c.resolved = r;
-      next();
+      return resolveMiss(ref, route, c.requestId, typeof tp === 'string' ? tp : undefined).then((r) => {
+        c.cache = r.source;
+        if (r.tokenServiceMs !== undefined) c.tokenServiceMs = r.tokenServiceMs;
+        c.resolved = r;
+        next();
+      });
     },
   };
 }
