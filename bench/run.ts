@@ -61,7 +61,7 @@ import type { BenchOptions, CountResult, LoadResult } from './lib/types.ts';
 const USAGE = `usage: npm run bench -- [--quick] [--only name,name…] [--rounds N] [--duration S] [--connections N] [--profile]
   contenders: direct node-proxy express-proxy nginx-authreq pg-l1 pg-l2 pg-miss pg-mint-l1 pg-l1-10k-routes
   scenarios:  steady-keepalive no-keepalive upload-1mib download-1mib (load; naming any keeps only those)
-              burst flood (count scenarios)
+              burst flood workers (count scenarios; workers: listen.workers 1 vs one per CPU)
   --only keeps direct and express-proxy (the ratio baselines), and pg-l1 with pg-l1-10k-routes.
   --profile writes a V8 CPU profile per Node contender to bench/results/profiles/<date>/ and prints
             where each spent its time (self time by function and by package).`;
@@ -82,6 +82,7 @@ const ALL = [
   'pg-l1-10k-routes',
   'burst',
   'flood',
+  'workers',
   ...LOAD_SCENARIOS,
 ];
 /** Bound of one of B2's count scenarios (they bound their own waits too). */
@@ -431,7 +432,7 @@ async function main(): Promise<void> {
 
     // ── B2 call sites: bench/scenarios/burst.ts and flood.ts, run(opts: BenchOptions): Promise<CountResult[]> ──
     const counts: CountResult[] = [];
-    for (const name of ['burst', 'flood'] as const) {
+    for (const name of ['burst', 'flood', 'workers'] as const) {
       if (!want(name)) continue;
       const skip = (note: string) => counts.push({ scenario: name, contender: '—', figures: {}, note });
       try {

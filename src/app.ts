@@ -1,4 +1,5 @@
 import express, { type Express } from 'express';
+import type { Registry } from 'prom-client';
 import { createAdminApp, createPublicJwksEndpoint } from './admin/admin-app.ts';
 import type { CacheEntry } from './cache/cache-entry.ts';
 import { createCacheEvents } from './cache/cache-events.ts';
@@ -10,8 +11,10 @@ import { createRedisStore, type RedisStore } from './cache/redis-store.ts';
 import { createRevocation, type Revocation } from './cache/revocation.ts';
 import { createTieredCache } from './cache/tiered-cache.ts';
 import { createValueCipher } from './cache/value-crypto.ts';
+import { workerPeerBus } from './cluster/cluster.ts';
 import type { Config } from './config/schema.ts';
 import { createErrorHandler, describeError } from './errors/error-handler.ts';
+import { createForwardAuthApp } from './forward-auth/forward-auth-app.ts';
 import { type ClientAuth, createClientAuth } from './introspection/client-auth.ts';
 import { createIntrospectionClient, type IntrospectionClient } from './introspection/introspection-client.ts';
 import { createJwtIntrospectionVerifierFromConfig } from './introspection/jwt-introspection.ts';
@@ -25,6 +28,7 @@ import { SIGNING_ALGORITHMS } from './jwt/signing-keys.ts';
 import { createJwtVerifier, type JwtVerifier } from './jwt/verify-jwt.ts';
 import { createAccessLog } from './observability/access-log.ts';
 import type { Logger } from './observability/logger.ts';
+import { configHash, createMetrics } from './observability/metrics.ts';
 import { createAuthorizeScopes } from './pipeline/authorize-scopes.ts';
 import { chain } from './pipeline/chain.ts';
 import { createExtractToken } from './pipeline/extract-token.ts';
@@ -45,10 +49,16 @@ export interface Gateway {
   app: Express;
   /** The admin listener's request handler (/livez, /readyz, /.well-known/jwks.json). */
   admin: Express;
+  /** The forward-auth listener's request handler (config.forwardAuth; absent when not configured). */
+  forwardAuth?: Express;
   metadata: TokenServiceMetadata;
   redis: RedisStore | undefined;
-  /** The cache's counters (exposed by /metrics in the operations issue). */
+  /** The cache's counters (exposed by /metrics as phantom_gateway_cache_*). */
   metrics: CacheMetrics;
+  /** This gateway's Prometheus registry (admin GET /metrics): phantom_gateway_*, process_*, nodejs_*. */
+  metricsRegistry: Registry;
+  /** phantom_gateway_config_info's hash of `config` (observability/metrics.ts configHash). */
+  configHash: string;
   /** The counters plus Redis errors and circuit state, read at call time. */
   cacheMetrics(): ReturnType<typeof cacheMetricsSnapshot>;
   revocation: Revocation;
@@ -72,6 +82,13 @@ export async function createGateway(
 ): Promise<Gateway> {
   const { logger } = deps;
   const env = deps.env ?? process.env;
+  const gatewayMetrics = createMetrics();
+  const hash = configHash(config);
+  gatewayMetrics.setConfigHash(hash);
+  logger.info(
+    { configHash: hash, mode: config.tokenService.mode, routes: config.routes.length },
+    'configuration loaded',
+  );
 
   let secret: Buffer;
   try {
@@ -98,6 +115,7 @@ export async function createGateway(
       metadata,
       logger,
       clientAuth,
+      metrics: gatewayMetrics,
       ...(jwtResponses ? { jwtResponses } : {}),
     });
   } catch (err) {
@@ -164,6 +182,7 @@ export async function createGateway(
   }
   const keyer = createCacheKeyer(secret);
   const metrics = createCacheMetrics();
+  gatewayMetrics.watchCache(metrics, redis);
   const table = new RouteTable(config);
   const cache = createTieredCache({
     memory: createMemoryCache({ maxEntries: config.cache.memory.maxEntries }),
@@ -187,6 +206,8 @@ export async function createGateway(
     redis,
     config.cache.revocation.channel ?? `${config.cache.redis?.keyPrefix ?? ''}events`,
     logger,
+    // listen.workers without Redis: purges reach the other workers through the primary.
+    redis === undefined ? workerPeerBus() : undefined,
   );
   const coalescer = createCoalescer({ redis, events, metrics, timeoutMs: config.tokenService.timeoutMs });
   const revocation = createRevocation({ cache, events, keyer, metrics, logger });
@@ -202,6 +223,7 @@ export async function createGateway(
   });
   const realm = () => config.realm;
   const forward = createForward(table.routes, {
+    metrics: gatewayMetrics,
     trustProxyHeaders: config.listen.trustProxyHeaders,
     tls: config.listen.tls !== undefined,
     realm,
@@ -215,7 +237,7 @@ export async function createGateway(
   app.use(
     chain([
       createRequestId(),
-      createAccessLog(logger),
+      createAccessLog(logger, { metrics: gatewayMetrics, includeSubject: config.logging.includeSubject }),
       // jwt.mint.jwksPath: the public keys of minted JWTs, without a token, before route matching.
       ...(keyRing !== undefined && mint?.jwksPath !== undefined
         ? [createPublicJwksEndpoint(mint.jwksPath, keyRing)]
@@ -229,6 +251,20 @@ export async function createGateway(
   );
   app.use(createErrorHandler({ realm, logger }));
 
+  // forwardAuth: an existing ingress asks for stages 1–5 of the same pipeline (same route table,
+  // resolver — cache, introspection, coalescing — and access log), answered without a forward.
+  const forwardAuth =
+    config.forwardAuth === undefined
+      ? undefined
+      : createForwardAuthApp({
+          config: config.forwardAuth,
+          table: () => table,
+          resolveJwt: resolver.middleware,
+          realm,
+          logger,
+          accessLog: { metrics: gatewayMetrics, includeSubject: config.logging.includeSubject },
+        });
+
   // Shared Signals receiver (config.ssf): SETs from the transmitter evict a subject everywhere.
   const ssfReceiver = createSsfReceiverFromConfig(config, { revocation, logger });
 
@@ -238,6 +274,8 @@ export async function createGateway(
     revocation,
     ...(config.admin.token !== undefined ? { adminToken: config.admin.token } : {}),
     ready: () => metadata.ready(),
+    metricsText: () => gatewayMetrics.text(),
+    metricsContentType: gatewayMetrics.registry.contentType,
     redisState: () => (redis ? redis.state() : 'disabled'),
     ...(keyRing ? { jwks: keyRing } : {}),
   });
@@ -245,15 +283,21 @@ export async function createGateway(
   return {
     app,
     admin,
+    ...(forwardAuth ? { forwardAuth } : {}),
     metadata,
     redis,
     metrics,
     cacheMetrics: () => cacheMetricsSnapshot(metrics, redis),
+    metricsRegistry: gatewayMetrics.registry,
+    configHash: hash,
     revocation,
     async reloadKeys() {
+      // One reload for phantom_gateway_config_reloads_total: a failure when any part failed.
+      let ok = true;
       if (keyRing !== undefined) {
         // Success is logged by the ring (with the published kids and the signer).
         await keyRing.reload().catch((err: unknown) => {
+          ok = false;
           logger.error(
             { err: describeError(err) },
             'signing keys reload failed: the previous keys stay in use',
@@ -264,11 +308,13 @@ export async function createGateway(
         await clientAuth.reload();
         logger.info('client credentials reloaded (tokenService.clientAuth)');
       } catch (err) {
+        ok = false;
         logger.error(
           { err: describeError(err) },
           'client credentials reload failed (tokenService.clientAuth): the previous ones stay in use',
         );
       }
+      gatewayMetrics.configReload(ok ? 'success' : 'failure');
     },
     async close() {
       metadata.stop();

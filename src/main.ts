@@ -1,8 +1,10 @@
+import cluster from 'node:cluster';
 import { readFileSync } from 'node:fs';
 import http, { type IncomingMessage, type Server } from 'node:http';
 import https from 'node:https';
 import type { Duplex } from 'node:stream';
 import { createGateway, type Gateway, StartupConfigError } from './app.ts';
+import { announceListening, runPrimary, workerCount } from './cluster/cluster.ts';
 import { loadConfig } from './config/load-config.ts';
 import { ConfigError } from './config/parse-config.ts';
 import type { Config } from './config/schema.ts';
@@ -189,13 +191,19 @@ export async function serve(configFile: string): Promise<number> {
   try {
     const loaded = loadConfig(configFile);
     config = loaded.config;
-    for (const w of loaded.warnings) logger.warn({ configFile }, w);
+    // With listen.workers, the primary has printed them already.
+    if (!cluster.isWorker) for (const w of loaded.warnings) logger.warn({ configFile }, w);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`${err.message}\n`);
       return EXIT.config;
     }
     throw err;
+  }
+  const workers = workerCount(config.listen.workers);
+  if (workers > 1 && cluster.isPrimary) {
+    logger.info({ workers }, 'starting worker processes (listen.workers)');
+    return runPrimary({ config, count: workers, logger });
   }
   let running: RunningGateway;
   let started: Gateway | undefined;
@@ -220,6 +228,7 @@ export async function serve(configFile: string): Promise<number> {
     logger.flush();
     return EXIT.startup;
   }
+  announceListening();
   return new Promise<number>((resolve) => {
     const onSignal = (signal: string) => {
       logger.info({ signal }, 'signal received');

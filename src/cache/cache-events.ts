@@ -1,3 +1,4 @@
+import type { PeerBus } from '../cluster/cluster.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { RedisStore } from './redis-store.ts';
 
@@ -6,6 +7,8 @@ import type { RedisStore } from './redis-store.ts';
  * - `f <slot>`: the lock holder for `<slot>` (tag[.variant]) finished; waiters look at L2 now;
  * - `p <json>`: a purge — `{"tags": [...], "subTag": "…"}` — every replica evicts its L1.
  * Only HMACs travel on it: never a token, JWT or claim value.
+ * Without Redis, purges still reach the other workers of this process's cluster (`peers`, relayed
+ * by the primary; `listen.workers`); fills need no notice there (no cross-process lock).
  */
 export interface CacheEvents {
   /** Resolves on the next `f` for `slot` or after `ms` (whichever first). */
@@ -20,11 +23,13 @@ export function createCacheEvents(
   redis: RedisStore | undefined,
   channel: string,
   logger: Logger,
+  peers?: PeerBus,
 ): CacheEvents {
   const waiters = new Map<string, Set<() => void>>();
   let purgeHandler: ((tags: string[], subTag: string | undefined) => void) | undefined;
+  const viaPeers = redis === undefined ? peers : undefined;
 
-  redis?.subscribe(channel, (message) => {
+  const onMessage = (message: string) => {
     if (message.startsWith('f ')) {
       const set = waiters.get(message.slice(2));
       if (set) for (const wake of set) wake();
@@ -41,7 +46,9 @@ export function createCacheEvents(
         : [];
       purgeHandler?.(tags, typeof body.subTag === 'string' ? body.subTag : undefined);
     }
-  });
+  };
+  redis?.subscribe(channel, onMessage);
+  viaPeers?.subscribe(onMessage);
 
   return {
     waitForFill(slot, ms) {
@@ -66,11 +73,14 @@ export function createCacheEvents(
       await redis?.publish(channel, `f ${slot}`);
     },
     async announcePurge(tags, subTag) {
+      const message = `p ${JSON.stringify(subTag === undefined ? { tags } : { tags, subTag })}`;
+      if (viaPeers !== undefined) {
+        // The other workers only: this one has evicted its L1 already (revocation.ts).
+        viaPeers.publish(message);
+        return true;
+      }
       if (redis === undefined) return false;
-      return redis.publish(
-        channel,
-        `p ${JSON.stringify(subTag === undefined ? { tags } : { tags, subTag })}`,
-      );
+      return redis.publish(channel, message);
     },
     onPurge(handler) {
       purgeHandler = handler;

@@ -99,6 +99,11 @@ export const ConfigSchema = z.strictObject({
       host: z.string().min(1).default('0.0.0.0'),
       port: int(0, 65535).default(8080),
       trustProxyHeaders: bool().default(false),
+      /**
+       * Worker processes (node:cluster) sharing the listeners: `auto` = one per CPU, default 1 (no
+       * cluster). Each worker has its own L1; Redis, when configured, is shared.
+       */
+      workers: z.union([z.literal('auto'), int(1, 64)]).default(1),
       tls: z
         .strictObject({
           certFile: z.string().min(1),

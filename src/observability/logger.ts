@@ -6,7 +6,7 @@ export type { Logger };
 function baseOptions(level: string): LoggerOptions {
   return {
     level,
-    base: { service: 'phantom-gateway' },
+    base: { service: 'phantom-gateway', pid: process.pid },
     timestamp: pino.stdTimeFunctions.isoTime,
     formatters: { level: (label) => ({ level: label }) },
   };
@@ -45,7 +45,9 @@ export function createLogger(opts: { level?: string; destination?: NodeJS.Writab
         censor: '[redacted]',
       },
     },
-    opts.destination ?? pino.destination({ fd: 1, sync: false }),
+    // maxWrite 4096 (PIPE_BUF): every write holds whole lines and is atomic on a pipe, so the
+    // lines of several workers (listen.workers) sharing stdout never interleave mid-line.
+    opts.destination ?? pino.destination({ fd: 1, sync: false, maxWrite: 4096 }),
   );
 }
 
