@@ -1,3 +1,4 @@
+import cluster from 'node:cluster';
 import express, { type Express } from 'express';
 import type { Registry } from 'prom-client';
 import { createAdminApp, createPublicJwksEndpoint } from './admin/admin-app.ts';
@@ -11,7 +12,7 @@ import { createRedisStore, type RedisStore } from './cache/redis-store.ts';
 import { createRevocation, type Revocation } from './cache/revocation.ts';
 import { createTieredCache } from './cache/tiered-cache.ts';
 import { createValueCipher } from './cache/value-crypto.ts';
-import { workerPeerBus } from './cluster/cluster.ts';
+import { CLUSTER_METRICS, callPrimary, shareMetricsWithPrimary, workerPeerBus } from './cluster/cluster.ts';
 import type { Config } from './config/schema.ts';
 import { createErrorHandler, describeError } from './errors/error-handler.ts';
 import { createForwardAuthApp } from './forward-auth/forward-auth-app.ts';
@@ -83,6 +84,7 @@ export async function createGateway(
   const { logger } = deps;
   const env = deps.env ?? process.env;
   const gatewayMetrics = createMetrics();
+  if (cluster.isWorker) shareMetricsWithPrimary(gatewayMetrics.registry);
   const hash = configHash(config);
   gatewayMetrics.setConfigHash(hash);
   logger.info(
@@ -274,7 +276,9 @@ export async function createGateway(
     revocation,
     ...(config.admin.token !== undefined ? { adminToken: config.admin.token } : {}),
     ready: () => metadata.ready(),
-    metricsText: () => gatewayMetrics.text(),
+    // listen.workers: any worker may answer a scrape; it asks the primary for the sum over every
+    // worker (prom-client's AggregatorRegistry), so each scrape sees the whole process.
+    metricsText: cluster.isWorker ? () => callPrimary<string>(CLUSTER_METRICS) : () => gatewayMetrics.text(),
     metricsContentType: gatewayMetrics.registry.contentType,
     redisState: () => (redis ? redis.state() : 'disabled'),
     ...(keyRing ? { jwks: keyRing } : {}),

@@ -19,6 +19,8 @@ export interface RunningGateway {
   gateway: Gateway;
   publicServer: Server;
   adminServer: Server | undefined;
+  /** The forward-auth listener (config.forwardAuth), when configured. */
+  forwardAuthServer?: Server | undefined;
   /** Stop accepting, let in-flight requests finish (up to the grace period), close Redis. */
   shutdown(): Promise<void>;
 }
@@ -120,11 +122,23 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
   });
 
   const adminServer = config.admin.port === 0 ? undefined : http.createServer(gateway.admin);
+  // forwardAuth: its own listener. Idle keep-alive longer than an ingress's own idle timeout for
+  // upstream connections (nginx: 60 s), so the ingress never reuses a connection we are closing.
+  const forwardAuth = config.forwardAuth;
+  const forwardAuthServer =
+    forwardAuth !== undefined && gateway.forwardAuth !== undefined
+      ? http.createServer(
+          { headersTimeout: 15_000, requestTimeout: 60_000, keepAliveTimeout: 65_000 },
+          gateway.forwardAuth,
+        )
+      : undefined;
   try {
     await listen(publicServer, config.listen.port, config.listen.host);
     if (adminServer) await listen(adminServer, config.admin.port, config.admin.host);
+    if (forwardAuthServer) await listen(forwardAuthServer, forwardAuth!.port, forwardAuth!.host);
   } catch (err) {
     publicServer.close();
+    adminServer?.close();
     await gateway.close();
     throw err;
   }
@@ -132,6 +146,7 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
     {
       listen: `${config.listen.host}:${portOf(publicServer)}`,
       admin: adminServer ? `${config.admin.host}:${portOf(adminServer)}` : 'disabled',
+      forwardAuth: forwardAuthServer ? `${forwardAuth!.host}:${portOf(forwardAuthServer)}` : 'disabled',
       mode: config.tokenService.mode,
       routes: config.routes.length,
       redis: config.cache.redis ? 'configured' : 'disabled',
@@ -149,19 +164,31 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
       const closed = new Promise<void>((resolve) => publicServer.close(() => resolve()));
       publicServer.closeIdleConnections();
       adminServer?.close();
+      // In-flight forward-auth calls are drained like the public listener's.
+      const forwardAuthClosed = new Promise<void>((resolve) =>
+        forwardAuthServer ? forwardAuthServer.close(() => resolve()) : resolve(),
+      );
+      forwardAuthServer?.closeIdleConnections();
       const grace = new Promise<void>((resolve) =>
         setTimeout(resolve, config.shutdownGraceSeconds * 1000).unref(),
       );
-      await Promise.race([upgraded.size === 0 ? closed : Promise.all([closed, allClosed(upgraded)]), grace]);
+      await Promise.race([
+        Promise.all([
+          upgraded.size === 0 ? closed : Promise.all([closed, allClosed(upgraded)]),
+          forwardAuthClosed,
+        ]),
+        grace,
+      ]);
       publicServer.closeAllConnections();
       adminServer?.closeAllConnections();
+      forwardAuthServer?.closeAllConnections();
       for (const socket of upgraded) socket.destroy();
       await gateway.close();
       logger.info('shutdown complete');
     })();
     return stopping;
   };
-  return { gateway, publicServer, adminServer, shutdown };
+  return { gateway, publicServer, adminServer, forwardAuthServer, shutdown };
 }
 
 /**

@@ -58,6 +58,13 @@ export function createAdminApp(opts: {
   logger: Logger;
   /** The Shared Signals receiver (POST /ssf/events) when `ssf` is configured; absent → 404. */
   ssf?: RequestHandler;
+  /**
+   * GET /metrics: the Prometheus exposition text (this gateway's registry, or an aggregate of
+   * every worker's); absent → 404.
+   */
+  metricsText?: () => Promise<string>;
+  /** Content type of `metricsText` (prom-client `registry.contentType`); default Prometheus 0.0.4 text. */
+  metricsContentType?: string;
 }): Express {
   const admin = express();
   admin.disable('x-powered-by');
@@ -71,6 +78,30 @@ export function createAdminApp(opts: {
       .status(ready ? 200 : 503)
       .set('Cache-Control', 'no-store')
       .json({ ready, config: 'loaded', tokenService: ready ? 'known' : 'unknown', redis: opts.redisState() });
+  });
+  // No token: the admin listener is private (SPEC §8). GET (and HEAD) only.
+  admin.get('/metrics', async (_req, res) => {
+    if (opts.metricsText === undefined) {
+      adminError(res, 404, 'not_found', 'Metrics are not enabled');
+      return;
+    }
+    let text: string;
+    try {
+      text = await opts.metricsText();
+    } catch (err) {
+      opts.logger.error({ err: describeError(err) }, 'metrics collection failed');
+      adminError(res, 500, 'server_error', 'The metrics could not be collected');
+      return;
+    }
+    res
+      .status(200)
+      .set('Content-Type', opts.metricsContentType ?? 'text/plain; version=0.0.4; charset=utf-8')
+      .set('Cache-Control', 'no-store')
+      .send(text);
+  });
+  admin.all('/metrics', (_req, res) => {
+    res.set('Allow', 'GET, HEAD');
+    adminError(res, 405, 'method_not_allowed', 'Only GET and HEAD are allowed on /metrics');
   });
   admin.get('/.well-known/jwks.json', (_req, res) => {
     if (opts.jwks === undefined) {

@@ -1,6 +1,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import { randomBytes } from 'node:crypto';
 import { availableParallelism } from 'node:os';
+import { AggregatorRegistry, type Registry } from 'prom-client';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../observability/logger.ts';
 
@@ -32,6 +33,15 @@ function isWorkerMessage(m: unknown): m is WorkerMessage {
   return typeof m === 'object' && m !== null && typeof (m as { phantom?: unknown }).phantom === 'string';
 }
 
+/** The primary's method answering the workers' metrics, aggregated (admin GET /metrics in a worker). */
+export const CLUSTER_METRICS = 'metrics';
+
+/** In a worker: lets the primary's AggregatorRegistry read `registry` (prom-client's IPC protocol). */
+export function shareMetricsWithPrimary(registry: Registry): void {
+  AggregatorRegistry.setRegistries([registry]);
+  new AggregatorRegistry(); // installs prom-client's worker-side listener (idempotent)
+}
+
 /** Calls the primary can answer for a worker (the admin listener's cluster-wide views). */
 export type PrimaryMethods = Record<string, () => Promise<unknown>>;
 
@@ -55,7 +65,9 @@ export function runPrimary(opts: {
   methods?: PrimaryMethods;
 }): Promise<number> {
   const { config, count, logger } = opts;
-  const methods = opts.methods ?? {};
+  // The workers' metrics, summed (gauges by their own aggregator): answers CLUSTER_METRICS.
+  const aggregator = new AggregatorRegistry();
+  const methods: PrimaryMethods = { [CLUSTER_METRICS]: () => aggregator.clusterMetrics(), ...opts.methods };
   const ready = new Set<number>();
   const restarts: number[] = [];
   let stopping = false;

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { parseCidr } from '../forward-auth/trusted-proxies.ts';
 
 /**
  * The one definition of the configuration file (SPEC §3). The TypeScript type, the validation
@@ -87,6 +88,98 @@ export const RouteSchema = z.strictObject({
   timeoutMs: int(1, 3_600_000).optional(),
   /** Accept a JWT-shaped client token as a phantom token (SPEC §4 stage 3). */
   acceptJwt: bool().default(false),
+});
+
+/** Response headers the forward-auth listener sets itself, or that mean something else to an ingress. */
+const RESERVED_CLAIM_HEADERS = new Set([
+  'authorization',
+  'cache-control',
+  'connection',
+  'content-length',
+  'content-type',
+  'date',
+  'forwarded',
+  'host',
+  'keep-alive',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'retry-after',
+  'server',
+  'set-cookie',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'www-authenticate',
+  'x-request-id',
+]);
+
+/** `forwardAuth`: the forward-auth listener for an existing ingress (docs/forward-auth.md). */
+export const ForwardAuthSchema = z.strictObject({
+  host: z.string().min(1).default('127.0.0.1'),
+  /** Its own listener; 0 = any free port (the address is in the "listening" log line). */
+  port: int(0, 65535).default(8081),
+  /** The exact path answered (any method); with prefixMode also `<path>/<original path>`. */
+  path: z
+    .string()
+    .regex(
+      /^(?:\/(?!\.\.?(?:\/|$))[A-Za-z0-9\-._~!$&'()*+,;=:@]+)+$/,
+      'must be an absolute path like /auth: no trailing /, no empty, "." or ".." segments, no percent-encoding',
+    )
+    .default('/auth'),
+  /**
+   * Envoy ext_authz HTTP (path_prefix = path): a call to `<path>/<original path>` is judged with its
+   * own method and the rest of its path (and query) as the original request; headers are not read.
+   */
+  prefixMode: bool().default(false),
+  /**
+   * CIDR blocks (IPv4, IPv6; a bare address is one host) of the proxies allowed to call this
+   * listener; every other peer gets 403. Default: loopback only.
+   */
+  trustedProxies: z
+    .array(
+      z.string().superRefine((entry, rc) => {
+        const parsed = parseCidr(entry);
+        if ('problem' in parsed) rc.addIssue({ code: 'custom', message: parsed.problem });
+      }),
+    )
+    .min(1, 'must list at least one CIDR block (the listener answers these peers only)')
+    .default(['127.0.0.0/8', '::1/128']),
+  /**
+   * Response headers filled from JWT claims on success (`{ header: X-Auth-Subject, claim: sub }`):
+   * string and number claims, arrays joined by a space; an absent claim gives no header.
+   */
+  claimHeaders: z
+    .array(
+      z.strictObject({
+        header: z
+          .string()
+          .regex(
+            /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/,
+            "must be an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)",
+          )
+          .refine((name) => {
+            const lower = name.toLowerCase();
+            return !RESERVED_CLAIM_HEADERS.has(lower) && !/^x-(?:forwarded|original|envoy)-/.test(lower);
+          }, 'is a header the gateway or the ingress sets itself; choose another name'),
+        /** A top-level claim name (`sub`, `client_id`, `https://example.com/roles`). */
+        claim: z.string().min(1),
+      }),
+    )
+    .superRefine((entries, rc) => {
+      const seen = new Map<string, number>();
+      entries.forEach(({ header }, i) => {
+        const first = seen.get(header.toLowerCase());
+        if (first !== undefined)
+          rc.addIssue({
+            code: 'custom',
+            path: [i, 'header'],
+            message: `is the same header as claimHeaders[${first}] (header names are case-insensitive)`,
+          });
+        else seen.set(header.toLowerCase(), i);
+      });
+    })
+    .default([]),
 });
 
 export const ConfigSchema = z.strictObject({
@@ -238,8 +331,16 @@ export const ConfigSchema = z.strictObject({
       authorizationHeader: z.string().min(16, 'must be at least 16 characters').optional(),
     })
     .optional(),
+  /** Forward-auth listener for an existing ingress (nginx auth_request, Traefik, Envoy); absent → off. */
+  forwardAuth: ForwardAuthSchema.optional(),
   routes: z.array(RouteSchema).min(1, 'must define at least one route'),
   shutdownGraceSeconds: int(0, 3600).default(10),
+  logging: z
+    .strictObject({
+      /** Add the JWT's `sub` claim to every access line (personal data: off by default). */
+      includeSubject: bool().default(false),
+    })
+    .prefault({}),
 });
 
 /** The configuration as written (before defaults): what the JSON Schema describes. */

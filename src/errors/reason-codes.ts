@@ -11,6 +11,8 @@ export const REASON_CODES = [
   'token_service_unavailable',
   'upstream_unavailable',
   'upstream_timeout',
+  /** Forward-auth listener: the connecting peer is not in forwardAuth.trustedProxies (403). */
+  'proxy_untrusted',
   'allowed',
 ] as const;
 

@@ -2,6 +2,7 @@ import type { Config } from '../config/schema.ts';
 import { describeError } from '../errors/error-handler.ts';
 import { GatewayError, TokenServiceUnavailable } from '../errors/gateway-errors.ts';
 import type { Logger } from '../observability/logger.ts';
+import type { IntrospectionMetrics } from '../observability/metrics.ts';
 import { readBodyLimited } from '../util/read-body.ts';
 import type { ClientAuth } from './client-auth.ts';
 import { type JwtIntrospectionVerifier, TOKEN_INTROSPECTION_JWT } from './jwt-introspection.ts';
@@ -192,6 +193,8 @@ export function createIntrospectionClient(
     clientAuth: ClientAuth;
     /** Mode mint with `introspectionFormat: jwt`: verifies the RFC 9701 signed answers (required then). */
     jwtResponses?: JwtIntrospectionVerifier;
+    /** Count, duration and outcome of every introspection (phantom_gateway_introspection*). */
+    metrics?: IntrospectionMetrics;
   },
 ): IntrospectionClient {
   const ts = cfg.tokenService;
@@ -362,14 +365,24 @@ export function createIntrospectionClient(
     },
   };
 
+  const metrics = deps.metrics;
   return {
     // Why the token service could not be used goes to the operator's log once per introspection
     // (the access line of every request that waited on it carries the cause too; the response only
     // says token_service_unavailable). The causes hold no token (see IntrospectionFailure).
+    // Every introspection is counted here once, with its outcome and duration: a 502 answer is
+    // bad_answer, anything else that is not a verdict (503, no metadata, a bug) unavailable.
     async introspect(token, ctx): Promise<Introspection> {
+      const started = performance.now();
       try {
-        return await client.introspect(token, ctx);
+        const answer = await client.introspect(token, ctx);
+        metrics?.introspection(answer.active ? 'active' : 'inactive', (performance.now() - started) / 1000);
+        return answer;
       } catch (err) {
+        metrics?.introspection(
+          err instanceof GatewayError && err.status === 502 ? 'bad_answer' : 'unavailable',
+          (performance.now() - started) / 1000,
+        );
         if (err instanceof TokenServiceUnavailable) {
           deps.logger.warn(
             { requestId: ctx.requestId, status: err.status, err: describeError(err.cause) },

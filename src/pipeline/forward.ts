@@ -12,6 +12,7 @@ import {
 import { renderError } from '../errors/error-handler.ts';
 import { type GatewayError, UpstreamTimeout, UpstreamUnavailable } from '../errors/gateway-errors.ts';
 import type { Logger } from '../observability/logger.ts';
+import type { UpstreamErrorReason, UpstreamMetrics } from '../observability/metrics.ts';
 import { type CompiledRoute, upstreamPath } from '../routing/route-table.ts';
 import { ctx, type GatewayContext } from './context.ts';
 import { splitTarget } from './match-route.ts';
@@ -49,6 +50,8 @@ export interface ForwardOptions {
   tls: boolean;
   realm: () => string;
   logger: Logger;
+  /** Upstream latency and errors per route (phantom_gateway_upstream_*). */
+  metrics?: { upstream(route: string): UpstreamMetrics };
 }
 
 /**
@@ -121,6 +124,7 @@ interface RouteTarget {
   connectTimeoutMs: number;
   /** http-proxy-middleware, for WebSocket upgrades only. */
   upgradeProxy: RequestHandler<Request, Response>;
+  metrics: UpstreamMetrics | undefined;
 }
 
 /**
@@ -150,30 +154,12 @@ export function createForward(routes: readonly CompiledRoute[], opts: ForwardOpt
       timeoutMs: route.timeoutMs,
       connectTimeoutMs: Math.min(route.timeoutMs, MAX_CONNECT_TIMEOUT_MS),
       upgradeProxy: createRouteProxy(route, agent, opts),
+      metrics: opts.metrics?.upstream(route.name),
     });
   }
 
-  function fail(res: Response, c: GatewayContext, route: CompiledRoute, err: Error): void {
-    const gErr: GatewayError =
-      c.upstreamTimedOut || (err as { code?: string }).code === 'ETIMEDOUT'
-        ? new UpstreamTimeout(err)
-        : new UpstreamUnavailable(err);
-    c.reason = gErr.reason;
-    opts.logger.warn(
-      {
-        requestId: c.requestId,
-        route: route.name,
-        code: (err as { code?: string }).code,
-        reason: gErr.reason,
-      },
-      'upstream request failed',
-    );
-    if (res.headersSent || res.writableEnded) {
-      res.destroy();
-      return;
-    }
-    renderError(res, gErr, opts.realm(), c.requestId);
-  }
+  const fail = (res: Response, c: GatewayContext, route: CompiledRoute, err: Error): void =>
+    failUpstream(res, c, route, err, opts, targets.get(route)?.metrics);
 
   /**
    * The request to the upstream, by hand on node:http: http-proxy-middleware + httpxy cost ≈ 15 µs
@@ -186,6 +172,7 @@ export function createForward(routes: readonly CompiledRoute[], opts: ForwardOpt
   function forwardHttp(req: Request, res: Response, c: GatewayContext, route: CompiledRoute): void {
     const t = targets.get(route)!;
     req.headers.host = t.host;
+    const sentAt = process.hrtime.bigint();
     const upReq = t.client.request({
       hostname: t.hostname,
       port: t.port,
@@ -215,7 +202,9 @@ export function createForward(routes: readonly CompiledRoute[], opts: ForwardOpt
       upReq.once('close', () => clearTimeout(timer));
     });
     upReq.on('response', (upRes: IncomingMessage) => {
-      c.upstreamMs = Number(process.hrtime.bigint() - c.startedAt) / 1e6;
+      // The upstream's own time: from sending the request to its response headers.
+      c.upstreamMs = Number(process.hrtime.bigint() - sentAt) / 1e6;
+      t.metrics?.observe(c.upstreamMs / 1000);
       const raw = upRes.rawHeaders;
       const named = upRes.headers.connection;
       const extra =
@@ -278,12 +267,42 @@ function isUpgrade(req: IncomingMessage): boolean {
   );
 }
 
+/**
+ * An upstream failure → 504 (a timer fired) or 502, counted and logged; when the status line has
+ * already gone out, the client connection is cut instead.
+ */
+function failUpstream(
+  res: Response,
+  c: GatewayContext,
+  route: CompiledRoute,
+  err: Error,
+  opts: ForwardOptions,
+  metrics: UpstreamMetrics | undefined,
+): void {
+  const gErr: GatewayError =
+    c.upstreamTimedOut || (err as { code?: string }).code === 'ETIMEDOUT'
+      ? new UpstreamTimeout(err)
+      : new UpstreamUnavailable(err);
+  c.reason = gErr.reason;
+  metrics?.error(gErr.reason as UpstreamErrorReason);
+  opts.logger.warn(
+    { requestId: c.requestId, route: route.name, code: (err as { code?: string }).code, reason: gErr.reason },
+    'upstream request failed',
+  );
+  if (res.headersSent || res.writableEnded) {
+    res.destroy();
+    return;
+  }
+  renderError(res, gErr, opts.realm(), c.requestId);
+}
+
 function createRouteProxy(
   route: CompiledRoute,
   agent: http.Agent,
   opts: ForwardOptions,
 ): RequestHandler<Request, Response> {
   const connectTimeoutMs = Math.min(route.timeoutMs, MAX_CONNECT_TIMEOUT_MS);
+  const metrics = opts.metrics?.upstream(route.name);
   return createProxyMiddleware<Request, Response>({
     target: route.upstream.origin,
     changeOrigin: true,
@@ -326,26 +345,7 @@ function createRouteProxy(
           return;
         }
         const res = resOrSocket as Response;
-        const c = ctx(res);
-        const gErr: GatewayError =
-          c.upstreamTimedOut || (err as { code?: string }).code === 'ETIMEDOUT'
-            ? new UpstreamTimeout(err)
-            : new UpstreamUnavailable(err);
-        c.reason = gErr.reason;
-        opts.logger.warn(
-          {
-            requestId: c.requestId,
-            route: route.name,
-            code: (err as { code?: string }).code,
-            reason: gErr.reason,
-          },
-          'upstream request failed',
-        );
-        if (res.headersSent || res.writableEnded) {
-          res.destroy();
-          return;
-        }
-        renderError(res, gErr, opts.realm(), c.requestId);
+        failUpstream(res, ctx(res), route, err, opts, metrics);
       },
     },
   });

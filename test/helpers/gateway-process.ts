@@ -97,6 +97,23 @@ export async function startGateway(
   config: Record<string, unknown>,
   opts: { env?: NodeJS.ProcessEnv; waitForListening?: boolean; redisReadyTimeoutMs?: number } = {},
 ): Promise<GatewayProcess> {
+  // A free port found here can be taken by another test file's process before the gateway binds
+  // it (test files run in parallel): a start that failed with EADDRINUSE on a port this helper
+  // chose is retried with fresh ports (bounded). A port the test chose itself is never retried.
+  const chosenByTest = (config['listen'] as { port?: unknown } | undefined)?.port !== undefined;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startGatewayOnce(config, opts);
+    } catch (err) {
+      if (chosenByTest || attempt >= 3 || !String((err as Error).message).includes('EADDRINUSE')) throw err;
+    }
+  }
+}
+
+async function startGatewayOnce(
+  config: Record<string, unknown>,
+  opts: { env?: NodeJS.ProcessEnv; waitForListening?: boolean; redisReadyTimeoutMs?: number },
+): Promise<GatewayProcess> {
   const port = await freePort();
   const adminPort = await freePort();
   const cfg = structuredClone(config);

@@ -8,6 +8,7 @@ import { stringify } from 'yaml';
 import { type CurityStub, startCurityStub } from '../../helpers/curity-stub.ts';
 import { type GatewayProcess, runCli, startGateway, waitFor } from '../../helpers/gateway-process.ts';
 import { request } from '../../helpers/http.ts';
+import { parsePrometheusText, samplesOf } from '../../helpers/prometheus-text.ts';
 import { type EchoUpstream, startEchoUpstream } from '../../helpers/upstream.ts';
 
 /**
@@ -131,6 +132,26 @@ describe('listen.workers: 2', () => {
     // Both workers answer the admin listener too.
     const ready = await request(`${gw.adminUrl}/readyz`);
     expect(ready.status).toBe(200);
+  });
+
+  it('answers /metrics from any worker with the sum over both workers', async () => {
+    const t = activeToken();
+    const pids = await hitBothWorkers(t);
+    expect(pids.size).toBe(2);
+    // Requests of this test, per worker (each pid's access lines with this token's requests are
+    // not distinguishable by token, so compare totals: the aggregate counts every worker's lines).
+    const accessLines = gw.logs().filter((l) => l['msg'] === 'request').length;
+    for (let i = 0; i < 4; i++) {
+      // Several scrapes on new connections: whichever worker answers, the figures are the sum.
+      const res = await request(`${gw.adminUrl}/metrics`);
+      expect(res.status).toBe(200);
+      const families = parsePrometheusText(res.body);
+      const total = samplesOf(families, 'phantom_gateway_requests_total').reduce((a, x) => a + x.value, 0);
+      expect(total).toBeGreaterThanOrEqual(accessLines);
+      const info = samplesOf(families, 'phantom_gateway_config_info');
+      expect(info).toHaveLength(1);
+      expect(info[0]!.value).toBe(1);
+    }
   });
 
   it('applies an admin purge in every worker (relayed by the primary, no Redis)', async () => {

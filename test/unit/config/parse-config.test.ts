@@ -45,7 +45,7 @@ function problemsOf(raw: unknown): readonly string[] {
 describe('parseConfig defaults', () => {
   it('fills in every default of SPEC §3 when only the required keys are written', () => {
     const config = parseConfig(minimal({ cache: { redis: { url: 'redis://redis:6379' } } }));
-    expect(config.listen).toEqual({ host: '0.0.0.0', port: 8080, trustProxyHeaders: false });
+    expect(config.listen).toEqual({ host: '0.0.0.0', port: 8080, trustProxyHeaders: false, workers: 1 });
     expect(config.admin).toEqual({ host: '127.0.0.1', port: 9090 });
     expect(config.tokenService).toMatchObject({
       clientAuth: 'client_secret_basic',

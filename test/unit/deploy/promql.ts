@@ -4,6 +4,8 @@
  * dashboard and the alert rules can be checked against them without a Prometheus.
  */
 
+import { REASON_CODES } from '../../../src/errors/reason-codes.ts';
+
 type MetricType = 'counter' | 'gauge' | 'histogram';
 
 interface MetricSpec {
@@ -11,20 +13,8 @@ interface MetricSpec {
   readonly labels: readonly string[];
 }
 
-const DECISION_REASONS = [
-  'token_missing',
-  'token_malformed',
-  'token_inactive',
-  'jwt_invalid',
-  'scope_missing',
-  'route_not_found',
-  'method_not_allowed',
-  'path_rejected',
-  'token_service_unavailable',
-  'upstream_unavailable',
-  'upstream_timeout',
-  'allowed',
-];
+/** Every reason code the gateway can report (the decisions metric's `reason` values). */
+const DECISION_REASONS: readonly string[] = REASON_CODES;
 
 export const GATEWAY_METRICS: Readonly<Record<string, MetricSpec>> = {
   phantom_gateway_requests_total: { type: 'counter', labels: ['route', 'method', 'status', 'reason'] },
