@@ -7,7 +7,7 @@ import { createCacheEvents } from './cache/cache-events.ts';
 import { createCacheKeyer, resolveCacheSecret } from './cache/cache-key.ts';
 import { type CacheMetrics, cacheMetricsSnapshot, createCacheMetrics } from './cache/cache-metrics.ts';
 import { createCoalescer } from './cache/coalescer.ts';
-import { createMemoryCache } from './cache/memory-cache.ts';
+import { createMemoryCache, type MemoryCache } from './cache/memory-cache.ts';
 import { createRedisStore, type RedisStore } from './cache/redis-store.ts';
 import { createRevocation, type Revocation } from './cache/revocation.ts';
 import { createTieredCache } from './cache/tiered-cache.ts';
@@ -29,7 +29,7 @@ import { SIGNING_ALGORITHMS } from './jwt/signing-keys.ts';
 import { createJwtVerifier, type JwtVerifier } from './jwt/verify-jwt.ts';
 import { createAccessLog } from './observability/access-log.ts';
 import type { Logger } from './observability/logger.ts';
-import { configHash, createMetrics } from './observability/metrics.ts';
+import { configHash, createMetrics, type GatewayMetrics } from './observability/metrics.ts';
 import { createAuthorizeScopes } from './pipeline/authorize-scopes.ts';
 import { chain } from './pipeline/chain.ts';
 import { createExtractToken } from './pipeline/extract-token.ts';
@@ -45,7 +45,34 @@ export class StartupConfigError extends Error {
   override name = 'StartupConfigError';
 }
 
+/**
+ * What a reloaded gateway takes over from the one it replaces (config hot reload): the parts
+ * whose configuration did not change, so a routes-only reload keeps its caches, Redis connection,
+ * token-service discovery, JWKS cache and mint key ring (whose rotation state must survive).
+ */
+export interface SharedParts {
+  /** Always: the counters continue across reloads. */
+  gatewayMetrics: GatewayMetrics;
+  cacheMetrics: CacheMetrics;
+  /** The cache key secret (a random one lives as long as the process). */
+  secret: Buffer;
+  /** Same `cache.redis` (a different one needs a restart: reload.ts). */
+  redis: RedisStore | undefined;
+  /** Same `tokenService`: client authentication, discovery and the introspection client. */
+  tokenService?: {
+    clientAuth: ClientAuth;
+    metadata: TokenServiceMetadata;
+    introspection: IntrospectionClient;
+  };
+  /** Same `tokenService` and `jwt`: the verifier (its JWKS cache), the mint key ring and minter. */
+  jwt?: { verifier: JwtVerifier; keyRing?: KeyRing; minter?: Minter };
+  /** Same `tokenService`, `jwt` and `cache`: the in-process L1 (its entries were verified under the same rules). */
+  memory?: MemoryCache;
+}
+
 export interface Gateway {
+  /** The configuration this gateway was built from. */
+  config: Config;
   /** The public listener's request handler. */
   app: Express;
   /** The admin listener's request handler (/livez, /readyz, /.well-known/jwks.json). */
@@ -66,12 +93,24 @@ export interface Gateway {
   /**
    * SIGHUP: re-reads key material from files — the mint signing keys (jwt.mint.signingKeysFile)
    * and the client credentials (client auth). Each part logs its own success or failure; a
-   * failure keeps that part's old material. Never throws.
+   * failure keeps that part's old material. Never throws; false when a part failed.
    */
-  reloadKeys(): Promise<void>;
-  /** Stops background work and closes Redis and upstream connections. */
-  close(): Promise<void>;
+  reloadKeys(): Promise<boolean>;
+  /**
+   * One reload done (phantom_gateway_config_reloads_total); a success also makes this gateway's
+   * hash the one phantom_gateway_config_info shows.
+   */
+  countReload(result: 'success' | 'failure'): void;
+  /** The parts a gateway built from `next` can take over (see SharedParts). */
+  reusableFor(next: Config): SharedParts;
+  /**
+   * Stops background work and closes Redis and upstream connections — except the parts in
+   * `keep` (handed to the gateway that replaced this one).
+   */
+  close(keep?: SharedParts): Promise<void>;
 }
+
+const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
 
 /**
  * Composition root: the only module that knows every part. The public app is the SPEC §4
@@ -79,56 +118,65 @@ export interface Gateway {
  */
 export async function createGateway(
   config: Config,
-  deps: { logger: Logger; env?: NodeJS.ProcessEnv },
+  deps: { logger: Logger; env?: NodeJS.ProcessEnv; shared?: SharedParts },
 ): Promise<Gateway> {
-  const { logger } = deps;
+  const { logger, shared } = deps;
   const env = deps.env ?? process.env;
-  const gatewayMetrics = createMetrics();
-  if (cluster.isWorker) shareMetricsWithPrimary(gatewayMetrics.registry);
+  const gatewayMetrics = shared?.gatewayMetrics ?? createMetrics();
+  if (shared === undefined && cluster.isWorker) shareMetricsWithPrimary(gatewayMetrics.registry);
   const hash = configHash(config);
-  gatewayMetrics.setConfigHash(hash);
+  // A reload sets the hash when the new gateway takes over (main.ts), not before.
+  if (shared === undefined) gatewayMetrics.setConfigHash(hash);
   logger.info(
     { configHash: hash, mode: config.tokenService.mode, routes: config.routes.length },
     'configuration loaded',
   );
 
   let secret: Buffer;
-  try {
-    const s = resolveCacheSecret(env, config.cache.redis !== undefined);
-    secret = s.secret;
-    if (s.generated)
-      logger.info('PHANTOM_CACHE_KEY not set: using a random per-process cache key (in-process cache only)');
-  } catch (err) {
-    throw new StartupConfigError((err as Error).message);
+  if (shared !== undefined) secret = shared.secret;
+  else {
+    try {
+      const s = resolveCacheSecret(env, config.cache.redis !== undefined);
+      secret = s.secret;
+      if (s.generated)
+        logger.info(
+          'PHANTOM_CACHE_KEY not set: using a random per-process cache key (in-process cache only)',
+        );
+    } catch (err) {
+      throw new StartupConfigError((err as Error).message);
+    }
   }
 
   let clientAuth: ClientAuth;
   let metadata: TokenServiceMetadata;
   let introspection: IntrospectionClient;
-  try {
-    clientAuth = await createClientAuth(config);
-    metadata = createTokenServiceMetadata(config, { logger, fetch: clientAuth.fetch });
-    // RFC 9701 (mode mint, introspectionFormat: jwt): signed answers verified against the token service's JWKS.
-    const jwtResponses =
-      config.tokenService.introspectionFormat === 'jwt'
-        ? createJwtIntrospectionVerifierFromConfig(config, { metadata, fetch: clientAuth.fetch })
-        : undefined;
-    introspection = createIntrospectionClient(config, {
-      metadata,
-      logger,
-      clientAuth,
-      metrics: gatewayMetrics,
-      ...(jwtResponses ? { jwtResponses } : {}),
-    });
-  } catch (err) {
-    throw new StartupConfigError((err as Error).message);
-  }
+  if (shared?.tokenService !== undefined) ({ clientAuth, metadata, introspection } = shared.tokenService);
+  else
+    try {
+      clientAuth = await createClientAuth(config);
+      metadata = createTokenServiceMetadata(config, { logger, fetch: clientAuth.fetch });
+      // RFC 9701 (mode mint, introspectionFormat: jwt): signed answers verified against the token service's JWKS.
+      const jwtResponses =
+        config.tokenService.introspectionFormat === 'jwt'
+          ? createJwtIntrospectionVerifierFromConfig(config, { metadata, fetch: clientAuth.fetch })
+          : undefined;
+      introspection = createIntrospectionClient(config, {
+        metadata,
+        logger,
+        clientAuth,
+        metrics: gatewayMetrics,
+        ...(jwtResponses ? { jwtResponses } : {}),
+      });
+    } catch (err) {
+      throw new StartupConfigError((err as Error).message);
+    }
 
   let verifier: JwtVerifier;
   let keyRing: KeyRing | undefined;
   let minter: Minter | undefined;
   const mint = config.jwt.mint;
-  if (config.tokenService.mode === 'mint' && mint !== undefined) {
+  if (shared?.jwt !== undefined) ({ verifier, keyRing, minter } = shared.jwt);
+  else if (config.tokenService.mode === 'mint' && mint !== undefined) {
     try {
       keyRing = await createKeyRing({
         file: mint.signingKeysFile,
@@ -177,17 +225,20 @@ export async function createGateway(
   }
 
   let redis: RedisStore | undefined;
-  try {
-    redis = config.cache.redis ? createRedisStore(config.cache.redis, { logger }) : undefined;
-  } catch (err) {
-    throw new StartupConfigError((err as Error).message);
-  }
+  if (shared !== undefined) redis = shared.redis;
+  else
+    try {
+      redis = config.cache.redis ? createRedisStore(config.cache.redis, { logger }) : undefined;
+    } catch (err) {
+      throw new StartupConfigError((err as Error).message);
+    }
   const keyer = createCacheKeyer(secret);
-  const metrics = createCacheMetrics();
-  gatewayMetrics.watchCache(metrics, redis);
+  const metrics = shared?.cacheMetrics ?? createCacheMetrics();
+  if (shared === undefined) gatewayMetrics.watchCache(metrics, redis);
   const table = new RouteTable(config);
+  const memory = shared?.memory ?? createMemoryCache({ maxEntries: config.cache.memory.maxEntries });
   const cache = createTieredCache({
-    memory: createMemoryCache({ maxEntries: config.cache.memory.maxEntries }),
+    memory,
     ...(redis ? { redis } : {}),
     cipher: createValueCipher(secret),
     metrics,
@@ -281,10 +332,22 @@ export async function createGateway(
     metricsText: cluster.isWorker ? () => callPrimary<string>(CLUSTER_METRICS) : () => gatewayMetrics.text(),
     metricsContentType: gatewayMetrics.registry.contentType,
     redisState: () => (redis ? redis.state() : 'disabled'),
+    configHash: hash,
     ...(keyRing ? { jwks: keyRing } : {}),
   });
 
+  const parts: SharedParts = {
+    gatewayMetrics,
+    cacheMetrics: metrics,
+    secret,
+    redis,
+    tokenService: { clientAuth, metadata, introspection },
+    jwt: { verifier, ...(keyRing ? { keyRing } : {}), ...(minter ? { minter } : {}) },
+    memory,
+  };
+
   return {
+    config,
     app,
     admin,
     ...(forwardAuth ? { forwardAuth } : {}),
@@ -295,8 +358,11 @@ export async function createGateway(
     metricsRegistry: gatewayMetrics.registry,
     configHash: hash,
     revocation,
+    countReload(result) {
+      gatewayMetrics.configReload(result);
+      if (result === 'success') gatewayMetrics.setConfigHash(hash);
+    },
     async reloadKeys() {
-      // One reload for phantom_gateway_config_reloads_total: a failure when any part failed.
       let ok = true;
       if (keyRing !== undefined) {
         // Success is logged by the ring (with the published kids and the signer).
@@ -318,12 +384,26 @@ export async function createGateway(
           'client credentials reload failed (tokenService.clientAuth): the previous ones stay in use',
         );
       }
-      gatewayMetrics.configReload(ok ? 'success' : 'failure');
+      return ok;
     },
-    async close() {
-      metadata.stop();
+    reusableFor(next) {
+      const sameTokenService = same(config.tokenService, next.tokenService);
+      const sameJwt = sameTokenService && same(config.jwt, next.jwt);
+      const sameCache = sameJwt && same(config.cache, next.cache);
+      return {
+        gatewayMetrics,
+        cacheMetrics: metrics,
+        secret,
+        redis,
+        ...(sameTokenService ? { tokenService: parts.tokenService! } : {}),
+        ...(sameJwt ? { jwt: parts.jwt! } : {}),
+        ...(sameCache ? { memory } : {}),
+      };
+    },
+    async close(keep) {
+      if (keep?.tokenService?.metadata !== metadata) metadata.stop();
       forward.close();
-      await redis?.close();
+      if (keep?.redis !== redis) await redis?.close();
     },
   };
 }

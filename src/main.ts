@@ -11,6 +11,7 @@ import type { Config } from './config/schema.ts';
 import { describeError } from './errors/error-handler.ts';
 import { IssuerMismatchError } from './introspection/token-service-metadata.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
+import { createConfigReloader, type ReloadOutcome, type ReloadTrigger } from './reload.ts';
 
 /** Exit codes of SPEC §2. */
 export const EXIT = { ok: 0, config: 1, startup: 2 } as const;
@@ -23,6 +24,8 @@ export interface RunningGateway {
   forwardAuthServer?: Server | undefined;
   /** Stop accepting, let in-flight requests finish (up to the grace period), close Redis. */
   shutdown(): Promise<void>;
+  /** Config hot reload (SIGHUP, file change): see reload.ts. */
+  reload(trigger: ReloadTrigger): Promise<ReloadOutcome>;
 }
 
 /** Builds the public server (http, or https with optional client certificates). */
@@ -66,7 +69,11 @@ function portOf(server: Server): number {
  * Starts the gateway from a parsed configuration. Throws StartupConfigError (exit 1) or a
  * startup error (exit 2: port in use, token service required at startup but unreachable).
  */
-export async function startGateway(config: Config, logger: Logger): Promise<RunningGateway> {
+export async function startGateway(
+  config: Config,
+  logger: Logger,
+  opts: { configFile?: string } = {},
+): Promise<RunningGateway> {
   const gateway = await createGateway(config, { logger });
   // The first discovery attempt (bounded by tokenService.timeoutMs) always runs before listening:
   // an issuer mismatch is a configuration error and stops the start (exit 2) whatever
@@ -99,7 +106,24 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
       `listen.tls: cannot read certificate or key (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
     );
   }
-  publicServer.on('request', gateway.app);
+  // Config hot reload swaps `current`; every request runs on the gateway that accepted it, and a
+  // replaced gateway is closed once its last in-flight request is done (bounded).
+  let current: Gateway = gateway;
+  const inflight = new Map<Gateway, number>();
+  const retiring = new Map<Gateway, () => void>();
+  const track = (res: http.ServerResponse): Gateway => {
+    const g = current;
+    inflight.set(g, (inflight.get(g) ?? 0) + 1);
+    res.once('close', () => {
+      const n = (inflight.get(g) ?? 1) - 1;
+      inflight.set(g, n);
+      if (n === 0) retiring.get(g)?.();
+    });
+    return g;
+  };
+  publicServer.on('request', (req: IncomingMessage, res: http.ServerResponse) => {
+    track(res).app(req as never, res as never);
+  });
   // Upgraded (WebSocket) connections leave the HTTP server's bookkeeping: track them for shutdown.
   const upgraded = new Set<Duplex>();
   publicServer.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
@@ -113,7 +137,7 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
     res.assignSocket(socket as never);
     res.upgradeSocket = socket;
     res.upgradeHead = head;
-    gateway.app(req as never, res as never);
+    current.app(req as never, res as never);
   });
   publicServer.on('clientError', (_err, socket) => {
     if (socket.writable)
@@ -121,7 +145,10 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
     else socket.destroy();
   });
 
-  const adminServer = config.admin.port === 0 ? undefined : http.createServer(gateway.admin);
+  const adminServer =
+    config.admin.port === 0
+      ? undefined
+      : http.createServer((req, res) => current.admin(req as never, res as never));
   // forwardAuth: its own listener. Idle keep-alive longer than an ingress's own idle timeout for
   // upstream connections (nginx: 60 s), so the ingress never reuses a connection we are closing.
   const forwardAuth = config.forwardAuth;
@@ -129,7 +156,10 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
     forwardAuth !== undefined && gateway.forwardAuth !== undefined
       ? http.createServer(
           { headersTimeout: 15_000, requestTimeout: 60_000, keepAliveTimeout: 65_000 },
-          gateway.forwardAuth,
+          (req, res) => {
+            const g = track(res);
+            g.forwardAuth!(req as never, res as never);
+          },
         )
       : undefined;
   try {
@@ -153,6 +183,41 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
     },
     'phantom-gateway listening',
   );
+
+  /** Makes `next` the active gateway; the previous one closes after its last in-flight request. */
+  const activate = (next: Gateway) => {
+    const old = current;
+    current = next;
+    const keep = old.reusableFor(next.config);
+    let done = false;
+    const retire = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(bound);
+      retiring.delete(old);
+      inflight.delete(old);
+      old.close(keep).catch((err: unknown) => {
+        logger.warn({ err: describeError(err) }, 'closing the replaced configuration failed');
+      });
+    };
+    // Bounded: requests still running after the grace period keep their sockets, not the old
+    // gateway's timers and upstream agents.
+    const bound = setTimeout(retire, Math.max(config.shutdownGraceSeconds, 30) * 1000);
+    bound.unref();
+    retiring.set(old, retire);
+    if ((inflight.get(old) ?? 0) === 0) retire();
+  };
+  const reloader =
+    opts.configFile === undefined
+      ? undefined
+      : createConfigReloader({
+          file: opts.configFile,
+          logger,
+          current: () => current,
+          build: (next, shared) => createGateway(next, { logger, shared }),
+          activate,
+        });
+  reloader?.watch();
 
   let stopping: Promise<void> | undefined;
   const shutdown = () => {
@@ -183,29 +248,42 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
       adminServer?.closeAllConnections();
       forwardAuthServer?.closeAllConnections();
       for (const socket of upgraded) socket.destroy();
-      await gateway.close();
+      reloader?.stop();
+      // Replaced configurations still draining close now, keeping what the current one uses.
+      for (const [old] of retiring) await old.close(old.reusableFor(current.config)).catch(() => {});
+      await current.close();
       logger.info('shutdown complete');
     })();
     return stopping;
   };
-  return { gateway, publicServer, adminServer, forwardAuthServer, shutdown };
+  return {
+    get gateway() {
+      return current;
+    },
+    publicServer,
+    adminServer,
+    forwardAuthServer,
+    shutdown,
+    reload: (trigger) =>
+      reloader === undefined ? Promise.resolve('unchanged' as const) : reloader.reload(trigger),
+  };
 }
 
 /**
- * SIGHUP: re-read key material from files (mint signing keys, client credentials). Never a
- * shutdown and never a crash: failures are logged and the old material stays. Installed before
- * startup so an early SIGHUP does not kill the process (its default action); ignored until the
- * gateway runs.
+ * SIGHUP: reload the configuration file and re-read key material from files (mint signing keys,
+ * client credentials) — reload.ts. Never a shutdown and never a crash: failures are logged and
+ * the old configuration and keys stay. Installed before startup so an early SIGHUP does not kill
+ * the process (its default action); ignored until the gateway runs.
  */
-function createHangupHandler(logger: Logger, gateway: () => Gateway | undefined): () => void {
+function createHangupHandler(logger: Logger, running: () => RunningGateway | undefined): () => void {
   return () => {
-    const gw = gateway();
-    if (gw === undefined) {
+    const r = running();
+    if (r === undefined) {
       logger.warn({ signal: 'SIGHUP' }, 'signal received before the gateway started: ignored');
       return;
     }
-    logger.info({ signal: 'SIGHUP' }, 'signal received: reloading key material');
-    gw.reloadKeys().catch((err: unknown) => {
+    logger.info({ signal: 'SIGHUP' }, 'signal received: reloading the configuration and key material');
+    r.reload('SIGHUP').catch((err: unknown) => {
       logger.error({ err: describeError(err) }, 'reload failed');
     });
   };
@@ -233,14 +311,14 @@ export async function serve(configFile: string): Promise<number> {
     return runPrimary({ config, count: workers, logger });
   }
   let running: RunningGateway;
-  let started: Gateway | undefined;
+  let started: RunningGateway | undefined;
   process.on(
     'SIGHUP',
     createHangupHandler(logger, () => started),
   );
   try {
-    running = await startGateway(config, logger);
-    started = running.gateway;
+    running = await startGateway(config, logger, { configFile });
+    started = running;
   } catch (err) {
     if (err instanceof StartupConfigError) {
       logger.error({ configFile }, err.message);

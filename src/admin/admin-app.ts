@@ -65,6 +65,8 @@ export function createAdminApp(opts: {
   metricsText?: () => Promise<string>;
   /** Content type of `metricsText` (prom-client `registry.contentType`); default Prometheus 0.0.4 text. */
   metricsContentType?: string;
+  /** The active configuration's hash (phantom_gateway_config_info), shown by /readyz. */
+  configHash?: string;
 }): Express {
   const admin = express();
   admin.disable('x-powered-by');
@@ -77,7 +79,13 @@ export function createAdminApp(opts: {
     res
       .status(ready ? 200 : 503)
       .set('Cache-Control', 'no-store')
-      .json({ ready, config: 'loaded', tokenService: ready ? 'known' : 'unknown', redis: opts.redisState() });
+      .json({
+        ready,
+        config: 'loaded',
+        ...(opts.configHash !== undefined ? { configHash: opts.configHash } : {}),
+        tokenService: ready ? 'known' : 'unknown',
+        redis: opts.redisState(),
+      });
   });
   // No token: the admin listener is private (SPEC §8). GET (and HEAD) only.
   admin.get('/metrics', async (_req, res) => {

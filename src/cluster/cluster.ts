@@ -203,21 +203,28 @@ export interface PeerBus {
   subscribe(handler: (message: string) => void): void;
 }
 
+let peerBus: PeerBus | undefined;
+
+/**
+ * The worker's bus (one per process). `subscribe` replaces the handler: after a config reload
+ * only the active gateway's cache events receive the other workers' purges.
+ */
 export function workerPeerBus(): PeerBus | undefined {
   if (!cluster.isWorker) return undefined;
-  const handlers: Array<(message: string) => void> = [];
+  if (peerBus !== undefined) return peerBus;
+  let handler: ((message: string) => void) | undefined;
   process.on('message', (m: unknown) => {
-    if (isWorkerMessage(m) && m.phantom === 'bus' && typeof m.message === 'string')
-      for (const h of handlers) h(m.message);
+    if (isWorkerMessage(m) && m.phantom === 'bus' && typeof m.message === 'string') handler?.(m.message);
   });
-  return {
+  peerBus = {
     publish(message) {
       if (process.connected) process.send?.({ phantom: 'bus', message });
     },
-    subscribe(handler) {
-      handlers.push(handler);
+    subscribe(h) {
+      handler = h;
     },
   };
+  return peerBus;
 }
 
 let nextRpcId = 1;

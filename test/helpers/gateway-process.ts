@@ -12,6 +12,8 @@ export const BIN = join(ROOT, 'bin/phantom-gateway');
 export const allGatewayOutput: string[] = [];
 
 export interface GatewayProcess {
+  /** The YAML file the process was started with (tests rewrite it to exercise hot reload). */
+  configFile: string;
   url: string;
   adminUrl: string;
   port: number;
@@ -95,7 +97,7 @@ export function runCli(
  */
 export async function startGateway(
   config: Record<string, unknown>,
-  opts: { env?: NodeJS.ProcessEnv; waitForListening?: boolean; redisReadyTimeoutMs?: number } = {},
+  opts: GatewayStartOptions = {},
 ): Promise<GatewayProcess> {
   // A free port found here can be taken by another test file's process before the gateway binds
   // it (test files run in parallel): a start that failed with EADDRINUSE on a port this helper
@@ -110,17 +112,25 @@ export async function startGateway(
   }
 }
 
+export interface GatewayStartOptions {
+  env?: NodeJS.ProcessEnv;
+  waitForListening?: boolean;
+  redisReadyTimeoutMs?: number;
+  /** Write the config here (through a symlink if it is one) instead of a temp file; left in place. */
+  configFile?: string;
+}
+
 async function startGatewayOnce(
   config: Record<string, unknown>,
-  opts: { env?: NodeJS.ProcessEnv; waitForListening?: boolean; redisReadyTimeoutMs?: number },
+  opts: GatewayStartOptions,
 ): Promise<GatewayProcess> {
   const port = await freePort();
   const adminPort = await freePort();
   const cfg = structuredClone(config);
   cfg['listen'] = { host: '127.0.0.1', port, ...(cfg['listen'] as object | undefined) };
   cfg['admin'] = { host: '127.0.0.1', port: adminPort, ...(cfg['admin'] as object | undefined) };
-  const dir = mkdtempSync(join(tmpdir(), 'phantom-gw-'));
-  const file = join(dir, 'gateway.yaml');
+  const dir = opts.configFile === undefined ? mkdtempSync(join(tmpdir(), 'phantom-gw-')) : undefined;
+  const file = opts.configFile ?? join(dir!, 'gateway.yaml');
   writeFileSync(file, stringify(cfg));
   const child: ChildProcess = spawn(BIN, ['serve', '--config', file], {
     cwd: ROOT,
@@ -136,7 +146,7 @@ async function startGatewayOnce(
   const exited = new Promise<number | null>((r) =>
     child.once('exit', (code) => {
       allGatewayOutput.push(out);
-      rmSync(dir, { recursive: true, force: true });
+      if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
       r(code);
     }),
   );
@@ -154,6 +164,7 @@ async function startGatewayOnce(
         }
       });
   const gp: GatewayProcess = {
+    configFile: file,
     url: `http://127.0.0.1:${port}`,
     adminUrl: `http://127.0.0.1:${adminPort}`,
     port,

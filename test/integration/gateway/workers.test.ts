@@ -172,15 +172,15 @@ describe('listen.workers: 2', () => {
   });
 
   it('forwards SIGHUP to every worker', async () => {
-    const mark = logsWith('signal received: reloading key material').length;
+    const mark = logsWith('signal received: reloading the configuration and key material').length;
     gw.signal('SIGHUP');
     await waitFor(
-      () => logsWith('signal received: reloading key material').length >= mark + 2,
+      () => logsWith('signal received: reloading the configuration and key material').length >= mark + 2,
       10_000,
       'both workers to reload',
     );
     const pids = new Set(
-      logsWith('signal received: reloading key material')
+      logsWith('signal received: reloading the configuration and key material')
         .slice(mark)
         .map((l) => l['pid']),
     );
