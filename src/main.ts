@@ -11,6 +11,7 @@ import type { Config } from './config/schema.ts';
 import { describeError } from './errors/error-handler.ts';
 import { IssuerMismatchError } from './introspection/token-service-metadata.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
+import { initTracing, type Tracing } from './observability/tracing.ts';
 import { createConfigReloader, type ReloadOutcome, type ReloadTrigger } from './reload.ts';
 
 /** Exit codes of SPEC §2. */
@@ -72,9 +73,10 @@ function portOf(server: Server): number {
 export async function startGateway(
   config: Config,
   logger: Logger,
-  opts: { configFile?: string } = {},
+  opts: { configFile?: string; tracing?: Tracing | undefined } = {},
 ): Promise<RunningGateway> {
-  const gateway = await createGateway(config, { logger });
+  const { tracing } = opts;
+  const gateway = await createGateway(config, { logger, tracing });
   // The first discovery attempt (bounded by tokenService.timeoutMs) always runs before listening:
   // an issuer mismatch is a configuration error and stops the start (exit 2) whatever
   // requireAtStartup says; an unreachable token service stops it only with requireAtStartup
@@ -214,7 +216,7 @@ export async function startGateway(
           file: opts.configFile,
           logger,
           current: () => current,
-          build: (next, shared) => createGateway(next, { logger, shared }),
+          build: (next, shared) => createGateway(next, { logger, shared, tracing }),
           activate,
         });
   reloader?.watch();
@@ -252,6 +254,8 @@ export async function startGateway(
       // Replaced configurations still draining close now, keeping what the current one uses.
       for (const [old] of retiring) await old.close(old.reusableFor(current.config)).catch(() => {});
       await current.close();
+      // The spans still buffered are exported (bounded) before the exit.
+      await tracing?.shutdown();
       logger.info('shutdown complete');
     })();
     return stopping;
@@ -316,8 +320,14 @@ export async function serve(configFile: string): Promise<number> {
     'SIGHUP',
     createHangupHandler(logger, () => started),
   );
+  // OpenTelemetry only when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set (each worker has its own);
+  // without it nothing of the SDK is loaded. A failure to set it up is logged, never fatal.
+  const tracing = await initTracing(logger).catch((err: unknown) => {
+    logger.error({ err: describeError(err) }, 'tracing could not be set up: running without it');
+    return undefined;
+  });
   try {
-    running = await startGateway(config, logger, { configFile });
+    running = await startGateway(config, logger, { configFile, tracing });
     started = running;
   } catch (err) {
     if (err instanceof StartupConfigError) {

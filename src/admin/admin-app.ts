@@ -1,4 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
+import type { ServerResponse } from 'node:http';
 import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
 import type { Revocation } from '../cache/revocation.ts';
 import { describeError } from '../errors/error-handler.ts';
@@ -21,8 +22,14 @@ export interface JwksSource {
   maxAgeSeconds: number;
 }
 
-function sendJwks(res: Response, jwks: JwksSource): void {
-  res.set('Cache-Control', `public, max-age=${jwks.maxAgeSeconds}`).json(jwks.publicJwks());
+/** node:http only: also answers on the public listener, which is not an express app. */
+function sendJwks(res: ServerResponse, jwks: JwksSource): void {
+  const body = JSON.stringify(jwks.publicJwks());
+  res.statusCode = 200;
+  res.setHeader('Content-Type', 'application/json; charset=utf-8');
+  res.setHeader('Cache-Control', `public, max-age=${jwks.maxAgeSeconds}`);
+  res.setHeader('Content-Length', Buffer.byteLength(body));
+  res.end(body);
 }
 
 /**

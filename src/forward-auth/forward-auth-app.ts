@@ -4,6 +4,7 @@ import { createErrorHandler } from '../errors/error-handler.ts';
 import { GatewayError, InvalidRequest, RouteNotFound } from '../errors/gateway-errors.ts';
 import { type AccessLogOptions, createAccessLog } from '../observability/access-log.ts';
 import type { Logger } from '../observability/logger.ts';
+import type { Tracing } from '../observability/tracing.ts';
 import { createAuthorizeScopes } from '../pipeline/authorize-scopes.ts';
 import { chain, type Stage } from '../pipeline/chain.ts';
 import { ctx } from '../pipeline/context.ts';
@@ -38,6 +39,8 @@ export interface ForwardAuthDeps {
   logger: Logger;
   /** The public listener's access-log options (metrics, includeSubject); `listener` is set here. */
   accessLog?: AccessLogOptions;
+  /** OpenTelemetry, when on: each call gets its SERVER span and children like a public request. */
+  tracing?: Tracing | undefined;
 }
 
 /** What `target` found wrong with a call, thrown after the access line is armed. */
@@ -118,7 +121,7 @@ export function createForwardAuthApp(deps: ForwardAuthDeps): Express {
   app.disable('etag');
   app.use(
     chain([
-      createRequestId(),
+      createRequestId(deps.tracing),
       target,
       createAccessLog(deps.logger, { ...deps.accessLog, listener: 'forward-auth' }),
       refuse,

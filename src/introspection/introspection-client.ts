@@ -21,9 +21,21 @@ export type Introspection =
       maxAgeSeconds?: number;
     };
 
+/** What one introspection is done for: the request, and its trace when tracing is on. */
+export interface IntrospectionContext {
+  requestId: string;
+  /** Sent as the `traceparent` header. */
+  traceparent?: string;
+  /**
+   * The `introspection` span (observability/tracing.ts): gets the token service's address, the
+   * HTTP status and the outcome. Never the token or the answer.
+   */
+  span?: { setAttribute(key: string, value: string | number): unknown };
+}
+
 export interface IntrospectionClient {
   /** Throws TokenServiceUnavailable (503 unreachable / 502 bad answer); never a verdict on the token. */
-  introspect(token: string, ctx: { requestId: string; traceparent?: string }): Promise<Introspection>;
+  introspect(token: string, ctx: IntrospectionContext): Promise<Introspection>;
 }
 
 /** Upper bound on an introspection response body. */
@@ -216,8 +228,17 @@ export function createIntrospectionClient(
   if (ts.mode === 'mint' && ts.introspectionFormat === 'jwt' && jwtResponses === undefined)
     throw new Error('tokenService.introspectionFormat: jwt needs a verifier for the signed answers');
 
-  async function send(token: string, ctx: { requestId: string; traceparent?: string }) {
+  async function send(token: string, ctx: IntrospectionContext) {
     const { introspectionEndpoint } = await deps.metadata.get();
+    if (ctx.span !== undefined) {
+      const u = new URL(introspectionEndpoint);
+      ctx.span.setAttribute('http.request.method', 'POST');
+      ctx.span.setAttribute('server.address', u.hostname.replace(/^\[(.*)\]$/, '$1'));
+      ctx.span.setAttribute(
+        'server.port',
+        u.port !== '' ? Number(u.port) : u.protocol === 'https:' ? 443 : 80,
+      );
+    }
     const body = new URLSearchParams({ token, token_type_hint: 'access_token' });
     const headers = new Headers({
       'content-type': 'application/x-www-form-urlencoded',
@@ -262,6 +283,7 @@ export function createIntrospectionClient(
         await new Promise((r) => setTimeout(r, wait));
       }
     }
+    ctx.span?.setAttribute('http.response.status_code', res.status);
     // An endpoint that is gone (moved after a redeploy?): look at the metadata again.
     if (res.status === 404 || res.status === 410) {
       deps.metadata.refreshSoon(`introspection endpoint answered HTTP ${res.status}`);
@@ -376,13 +398,14 @@ export function createIntrospectionClient(
       const started = performance.now();
       try {
         const answer = await client.introspect(token, ctx);
-        metrics?.introspection(answer.active ? 'active' : 'inactive', (performance.now() - started) / 1000);
+        const outcome = answer.active ? 'active' : 'inactive';
+        metrics?.introspection(outcome, (performance.now() - started) / 1000);
+        ctx.span?.setAttribute('phantom.introspection.outcome', outcome);
         return answer;
       } catch (err) {
-        metrics?.introspection(
-          err instanceof GatewayError && err.status === 502 ? 'bad_answer' : 'unavailable',
-          (performance.now() - started) / 1000,
-        );
+        const outcome = err instanceof GatewayError && err.status === 502 ? 'bad_answer' : 'unavailable';
+        metrics?.introspection(outcome, (performance.now() - started) / 1000);
+        ctx.span?.setAttribute('phantom.introspection.outcome', outcome);
         if (err instanceof TokenServiceUnavailable) {
           deps.logger.warn(
             { requestId: ctx.requestId, status: err.status, err: describeError(err.cause) },

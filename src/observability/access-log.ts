@@ -16,8 +16,9 @@ export interface AccessLogOptions {
 /**
  * One JSON access line per request, written when the response is done or the client went away:
  * request id, route, method, path (query values left out), status, reason code, cache level and
- * durations (and `sub` with `logging.includeSubject`). Never a header value, token or JWT. The
- * request metrics are recorded here too: the one place that runs exactly once per request.
+ * durations (and `sub` with `logging.includeSubject`; `traceId` with tracing on). Never a header
+ * value, token or JWT. The request metrics are recorded here too, and the request's server span
+ * (tracing on) ends here: the one place that runs exactly once per request.
  */
 export function createAccessLog(logger: Logger, opts: AccessLogOptions = {}) {
   const access = accessLoggerOf(logger);
@@ -35,10 +36,14 @@ export function createAccessLog(logger: Logger, opts: AccessLogOptions = {}) {
       const route = c.route?.name;
       metrics?.request(route, method, status, reason, c.cache, durationMs / 1000);
       const sub = includeSubject ? c.resolved?.claims['sub'] : undefined;
+      const trace = c.trace;
+      // Tracing on: the server span ends with the response (status, reason, cache level).
+      if (trace !== undefined) trace.end(status, reason, c.cache);
       // Fields left undefined are not written (one object shape for every line).
       access.info(
         {
           requestId: c.requestId,
+          traceId: trace === undefined ? undefined : trace.traceId,
           listener: opts.listener,
           route,
           method,

@@ -1,5 +1,6 @@
 import type { Response } from 'express';
 import type { ReasonCode } from '../errors/reason-codes.ts';
+import type { RequestTrace } from '../observability/tracing.ts';
 import type { CompiledRoute } from '../routing/route-table.ts';
 
 /** Where the JWT of a request came from (access log `cache` field). */
@@ -15,7 +16,8 @@ export interface ResolvedToken {
 
 /**
  * The one typed object the stages hand on (as Oathkeeper's session): each stage reads what the
- * previous ones wrote and adds its own result. Lives at `res.locals.gateway`.
+ * previous ones wrote and adds its own result. Lives on the response under a private symbol (the
+ * public listener is plain node:http, the forward-auth one express: both carry it the same way).
  */
 export interface GatewayContext {
   requestId: string;
@@ -32,9 +34,18 @@ export interface GatewayContext {
   upstreamMs?: number;
   /** Set by forward when an upstream timer fired, so the error maps to 504, not 502. */
   upstreamTimedOut?: boolean;
+  /** The request's trace (observability/tracing.ts); absent when tracing is off. */
+  trace?: RequestTrace;
 }
+
+const CONTEXT = Symbol('phantom-gateway.context');
 
 /** The request's gateway context (created by the request-id stage). */
 export function ctx(res: Response): GatewayContext {
-  return res.locals['gateway'] as GatewayContext;
+  return (res as unknown as Record<symbol, GatewayContext>)[CONTEXT]!;
+}
+
+/** Attaches the context to the response (request-id stage). */
+export function setCtx(res: Response, context: GatewayContext): void {
+  (res as unknown as Record<symbol, GatewayContext>)[CONTEXT] = context;
 }

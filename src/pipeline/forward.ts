@@ -122,8 +122,11 @@ interface RouteTarget {
   host: string;
   timeoutMs: number;
   connectTimeoutMs: number;
-  /** http-proxy-middleware, for WebSocket upgrades only. */
-  upgradeProxy: RequestHandler<Request, Response>;
+  /**
+   * http-proxy-middleware, for WebSocket upgrades only: made on a route's first upgrade (10 000
+   * routes would otherwise hold 10 000 proxy servers that plain requests never use).
+   */
+  upgradeProxy: () => RequestHandler<Request, Response>;
   metrics: UpstreamMetrics | undefined;
 }
 
@@ -153,7 +156,7 @@ export function createForward(routes: readonly CompiledRoute[], opts: ForwardOpt
       host: u.host,
       timeoutMs: route.timeoutMs,
       connectTimeoutMs: Math.min(route.timeoutMs, MAX_CONNECT_TIMEOUT_MS),
-      upgradeProxy: createRouteProxy(route, agent, opts),
+      upgradeProxy: lazy(() => createRouteProxy(route, agent!, opts)),
       metrics: opts.metrics?.upstream(route.name),
     });
   }
@@ -205,6 +208,7 @@ export function createForward(routes: readonly CompiledRoute[], opts: ForwardOpt
       // The upstream's own time: from sending the request to its response headers.
       c.upstreamMs = Number(process.hrtime.bigint() - sentAt) / 1e6;
       t.metrics?.observe(c.upstreamMs / 1000);
+      if (c.trace !== undefined) c.trace.forwardResponse(upRes.statusCode ?? 502);
       const raw = upRes.rawHeaders;
       const named = upRes.headers.connection;
       const extra =
@@ -248,9 +252,11 @@ export function createForward(routes: readonly CompiledRoute[], opts: ForwardOpt
         upgrade: upgradeSocket !== undefined && isUpgrade(req),
       });
       c.reason = 'allowed';
+      // Tracing on: the `forward` span; its traceparent replaces the client's (off: untouched).
+      if (c.trace !== undefined) c.trace.startForward(route.upstream, req.method, req.headers);
       if (upgradeSocket !== undefined) {
         const head = (res as Response & { upgradeHead?: Buffer }).upgradeHead ?? Buffer.alloc(0);
-        targets.get(route)!.upgradeProxy.upgrade(req, upgradeSocket, head);
+        targets.get(route)!.upgradeProxy().upgrade(req, upgradeSocket, head);
         return;
       }
       forwardHttp(req, res, c, route);
@@ -259,6 +265,11 @@ export function createForward(routes: readonly CompiledRoute[], opts: ForwardOpt
       for (const a of agents.values()) a.destroy();
     },
   };
+}
+
+function lazy<T>(make: () => T): () => T {
+  let value: T | undefined;
+  return () => (value ??= make());
 }
 
 function isUpgrade(req: IncomingMessage): boolean {
@@ -284,6 +295,7 @@ function failUpstream(
       ? new UpstreamTimeout(err)
       : new UpstreamUnavailable(err);
   c.reason = gErr.reason;
+  c.trace?.forwardFailed(gErr.reason);
   metrics?.error(gErr.reason as UpstreamErrorReason);
   opts.logger.warn(
     { requestId: c.requestId, route: route.name, code: (err as { code?: string }).code, reason: gErr.reason },

@@ -1,7 +1,7 @@
 import type { NextFunction, Request, Response } from 'express';
 import { InvalidRequest, MethodNotAllowed, RouteNotFound } from '../errors/gateway-errors.ts';
 import { rejectPath } from '../routing/check-path.ts';
-import type { RouteTable } from '../routing/route-table.ts';
+import type { CompiledRoute, RouteTable } from '../routing/route-table.ts';
 import { ctx } from './context.ts';
 
 /** Splits a raw request target into path and query ('?…' kept as received, or ''). */
@@ -16,14 +16,33 @@ export function splitTarget(url: string): { path: string; query: string } {
  */
 export function createMatchRoute(table: () => RouteTable) {
   return function matchRoute(req: Request, res: Response, next: NextFunction): void {
-    const { path } = splitTarget(req.url);
-    const problem = rejectPath(path);
-    if (problem !== undefined)
-      throw new InvalidRequest('path_rejected', `The request path was rejected: ${problem}`);
-    const m = table().match(req.method, path);
-    if (m.kind === 'no-route') throw new RouteNotFound();
-    if (m.kind === 'method-not-allowed') throw new MethodNotAllowed(m.allow);
-    ctx(res).route = m.route;
+    const c = ctx(res);
+    const trace = c.trace;
+    if (trace === undefined) c.route = findRoute(table(), req.method, req.url);
+    else {
+      // Tracing on: a `route match` span; the server span is named after the route's prefix.
+      const span = trace.child('route match');
+      try {
+        c.route = findRoute(table(), req.method, req.url);
+        trace.routeMatched(c.route, req.method);
+      } catch (err) {
+        span.setAttribute('phantom.reason', (err as { reason?: string }).reason ?? 'error');
+        throw err;
+      } finally {
+        span.end();
+      }
+    }
     next();
   };
+}
+
+function findRoute(table: RouteTable, method: string, url: string): CompiledRoute {
+  const { path } = splitTarget(url);
+  const problem = rejectPath(path);
+  if (problem !== undefined)
+    throw new InvalidRequest('path_rejected', `The request path was rejected: ${problem}`);
+  const m = table.match(method, path);
+  if (m.kind === 'no-route') throw new RouteNotFound();
+  if (m.kind === 'method-not-allowed') throw new MethodNotAllowed(m.allow);
+  return m.route;
 }

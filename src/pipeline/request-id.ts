@@ -1,21 +1,24 @@
 import { randomUUID } from 'node:crypto';
 import type { NextFunction, Request, Response } from 'express';
-import type { GatewayContext } from './context.ts';
+import type { Tracing } from '../observability/tracing.ts';
+import { type GatewayContext, setCtx } from './context.ts';
 
 const VALID_ID = /^[\x21-\x7e]{1,128}$/;
 
 /**
  * Stage 1: accept the client's `X-Request-Id` when it is 1–128 visible ASCII characters, else
- * mint one; it is echoed on the response and sent to the token service and the upstream.
+ * mint one; it is echoed on the response and sent to the token service and the upstream. With
+ * tracing on, the request's trace starts here (continued from the client's `traceparent`).
  */
-export function createRequestId() {
+export function createRequestId(tracing?: Tracing) {
   return function requestId(req: Request, res: Response, next: NextFunction): void {
     const incoming = req.headers['x-request-id'];
     const id = typeof incoming === 'string' && VALID_ID.test(incoming) ? incoming : randomUUID();
     req.headers['x-request-id'] = id;
     res.setHeader('X-Request-Id', id);
     const context: GatewayContext = { requestId: id, startedAt: process.hrtime.bigint(), cache: 'none' };
-    res.locals['gateway'] = context;
+    if (tracing !== undefined) context.trace = tracing.startRequest(req, id);
+    setCtx(res, context);
     next();
   };
 }

@@ -6,12 +6,13 @@ import type { CacheKeyer } from '../cache/cache-key.ts';
 import type { Coalescer } from '../cache/coalescer.ts';
 import { subjectTag } from '../cache/revocation.ts';
 import { createSingleFlight } from '../cache/single-flight.ts';
-import { type CacheRef, slotOf, type TieredCache } from '../cache/tiered-cache.ts';
+import { type CacheRef, type Lookup, slotOf, type TieredCache } from '../cache/tiered-cache.ts';
 import type { Config } from '../config/schema.ts';
 import { InvalidToken, TokenServiceUnavailable } from '../errors/gateway-errors.ts';
-import type { IntrospectionClient } from '../introspection/introspection-client.ts';
+import type { Introspection, IntrospectionClient } from '../introspection/introspection-client.ts';
 import type { Minter } from '../jwt/mint-jwt.ts';
 import type { JwtVerifier, VerifiedJwt } from '../jwt/verify-jwt.ts';
+import type { RequestTrace, TraceSpan } from '../observability/tracing.ts';
 import type { CompiledRoute } from '../routing/route-table.ts';
 import { ctx, type ResolvedToken } from './context.ts';
 
@@ -88,16 +89,41 @@ export function createJwtResolver(deps: ResolveDeps) {
     return { kind: 'inactive' };
   }
 
+  /**
+   * One introspection. Tracing off: the client's `traceparent` (if any) goes to the token service
+   * as received. On: an `introspection` CLIENT span, whose `traceparent` the request carries.
+   */
+  async function introspect(
+    token: string,
+    requestId: string,
+    traceparent: string | undefined,
+    trace: RequestTrace | undefined,
+  ): Promise<Introspection> {
+    if (trace === undefined)
+      return deps.introspection.introspect(token, traceparent ? { requestId, traceparent } : { requestId });
+    const span = trace.child('introspection', 'client');
+    try {
+      return await deps.introspection.introspect(token, {
+        requestId,
+        traceparent: trace.traceparentOf(span),
+        span,
+      });
+    } catch (err) {
+      trace.fail(span, err);
+      throw err;
+    } finally {
+      span.end();
+    }
+  }
+
   async function load(
     ref: CacheRef,
     route: CompiledRoute,
     requestId: string,
     traceparent?: string,
+    trace?: RequestTrace,
   ): Promise<Outcome> {
-    const answer = await deps.introspection.introspect(
-      ref.token,
-      traceparent ? { requestId, traceparent } : { requestId },
-    );
+    const answer = await introspect(ref.token, requestId, traceparent, trace);
     if (!answer.active) return inactive(ref);
     let verified: VerifiedJwt;
     if (config.tokenService.mode === 'mint') {
@@ -141,22 +167,36 @@ export function createJwtResolver(deps: ResolveDeps) {
 
   /**
    * L1 and L2 (the middleware has already found L1 empty; checking it again costs a map lookup),
-   * then one introspection per token (process single-flight, cross-replica lock).
+   * then one introspection per token (process single-flight, cross-replica lock). Traced: the
+   * middleware's `cache lookup` span ends here, after L2.
    */
   async function resolveMiss(
     ref: CacheRef,
     route: CompiledRoute,
     requestId: string,
     traceparent?: string,
+    trace?: RequestTrace,
+    lookup?: TraceSpan,
   ): Promise<ResolvedToken & { tokenServiceMs?: number }> {
-    const found = await cache.lookup(ref);
+    let found: Lookup;
+    if (lookup === undefined) found = await cache.lookup(ref);
+    else {
+      try {
+        found = await cache.lookup(ref);
+      } catch (err) {
+        trace!.fail(lookup, err);
+        lookup.end();
+        throw err;
+      }
+      trace!.endLookup(lookup, found.kind === 'miss' ? 'miss' : found.level, found.kind === 'inactive');
+    }
     if (found.kind === 'hit') return { ...found.entry, source: found.level };
     if (found.kind === 'inactive') throw new InvalidToken('token_inactive');
     const started = performance.now();
     const outcome = await flights.run(slotOf(ref), () =>
       deps.coalescer.run(
         ref,
-        () => load(ref, route, requestId, traceparent),
+        () => load(ref, route, requestId, traceparent, trace),
         () => fromL2(ref),
       ),
     );
@@ -182,16 +222,31 @@ export function createJwtResolver(deps: ResolveDeps) {
       }
       const route = c.route!;
       const ref = refOf(c.token, route);
+      // Tracing on: a `cache lookup` span over L1 (and L2 on an L1 miss: ended in resolveMiss).
+      const trace = c.trace;
+      const lookup = trace === undefined ? undefined : trace.child('cache lookup');
       const l1 = cache.lookupL1(ref);
       if (l1.kind === 'hit') {
         c.cache = 'l1';
         c.resolved = { ...l1.entry, source: 'l1' };
+        if (lookup !== undefined) trace!.endLookup(lookup, 'l1', false);
         next();
         return undefined;
       }
-      if (l1.kind === 'inactive') throw new InvalidToken('token_inactive');
-      const tp = req.headers.traceparent;
-      return resolveMiss(ref, route, c.requestId, typeof tp === 'string' ? tp : undefined).then((r) => {
+      if (l1.kind === 'inactive') {
+        if (lookup !== undefined) trace!.endLookup(lookup, 'l1', true);
+        throw new InvalidToken('token_inactive');
+      }
+      // Untraced, the client's traceparent goes to the token service as received.
+      const tp = trace === undefined ? req.headers.traceparent : undefined;
+      return resolveMiss(
+        ref,
+        route,
+        c.requestId,
+        typeof tp === 'string' ? tp : undefined,
+        trace,
+        lookup,
+      ).then((r) => {
         c.cache = r.source;
         if (r.tokenServiceMs !== undefined) c.tokenServiceMs = r.tokenServiceMs;
         c.resolved = r;

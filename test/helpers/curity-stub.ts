@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { type CryptoKey, exportJWK, generateKeyPair, type JWK, type JWTPayload, SignJWT } from 'jose';
+import { recordSecret } from './leak-registry.ts';
 
 /**
  * A stub token service with Curity's phantom-token behaviour (no real server here offers it):
@@ -229,7 +230,11 @@ export async function startCurityStub(opts: CurityStubOptions): Promise<CuritySt
         ...header,
       };
       for (const k of Object.keys(h)) if (h[k] === undefined) delete h[k];
-      return new SignJWT(payload as JWTPayload).setProtectedHeader(h as { alg: string }).sign(key.privateKey);
+      const jwt = await new SignJWT(payload as JWTPayload)
+        .setProtectedHeader(h as { alg: string })
+        .sign(key.privateKey);
+      recordSecret(jwt);
+      return jwt;
     },
     async rotateKeys(o = {}) {
       const next = await newKey();
@@ -238,7 +243,11 @@ export async function startCurityStub(opts: CurityStubOptions): Promise<CuritySt
     },
     attackerPublicJwk: attacker.publicJwk,
     publicJwks: () => ({ keys: published.map((k) => k.publicJwk) }),
-    newToken: () => randomBytes(24).toString('base64url'),
+    newToken: () => {
+      const t = randomBytes(24).toString('base64url');
+      recordSecret(t);
+      return t;
+    },
     async close() {
       for (const t of timers) clearTimeout(t);
       server.closeAllConnections();

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import { freePort } from './free-port.ts';
+import { recordOutput, recordSecret } from './leak-registry.ts';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 export const BIN = join(ROOT, 'bin/phantom-gateway');
@@ -85,6 +86,8 @@ export function runCli(
     child.on('exit', (code) => {
       clearTimeout(timer);
       allGatewayOutput.push(stdout, stderr);
+      recordOutput(stdout);
+      recordOutput(stderr);
       resolvePromise({ code, stdout, stderr });
     });
   });
@@ -132,6 +135,8 @@ async function startGatewayOnce(
   const dir = opts.configFile === undefined ? mkdtempSync(join(tmpdir(), 'phantom-gw-')) : undefined;
   const file = opts.configFile ?? join(dir!, 'gateway.yaml');
   writeFileSync(file, stringify(cfg));
+  for (const [k, v] of Object.entries(opts.env ?? {}))
+    if (/SECRET|KEY|TOKEN|PASSWORD/i.test(k)) recordSecret(v);
   const child: ChildProcess = spawn(BIN, ['serve', '--config', file], {
     cwd: ROOT,
     env: { ...process.env, LOG_LEVEL: 'debug', ...opts.env },
@@ -146,6 +151,7 @@ async function startGatewayOnce(
   const exited = new Promise<number | null>((r) =>
     child.once('exit', (code) => {
       allGatewayOutput.push(out);
+      recordOutput(out);
       if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
       r(code);
     }),

@@ -1,4 +1,5 @@
 import http, { type IncomingHttpHeaders, type Server } from 'node:http';
+import { recordSecret } from './leak-registry.ts';
 
 export interface RecordedRequest {
   method: string;
@@ -48,6 +49,9 @@ export async function startEchoUpstream(): Promise<EchoUpstream> {
         body,
       };
       requests.push(rec);
+      // What the gateway forwarded (the JWT): never to be found in a log line.
+      const auth = req.headers.authorization;
+      if (typeof auth === 'string') recordSecret(auth.replace(/^Bearer\s+/i, ''));
       const b = up.behaviour;
       if (b === 'hang') return;
       if (b === 'reset') {

@@ -6,7 +6,7 @@ import {
   type DevClient,
   type DevTokenService,
   startDevTokenService,
-} from '../../../src/demo/token-service.ts';
+} from '../../helpers/dev-token-service.ts';
 import { freePort } from '../../helpers/free-port.ts';
 import type { GatewayProcess } from '../../helpers/gateway-process.ts';
 import { request, type SimpleResponse } from '../../helpers/http.ts';

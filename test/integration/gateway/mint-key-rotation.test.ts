@@ -11,7 +11,7 @@ import {
   jwtVerify,
 } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startDevTokenService } from '../../../src/demo/token-service.ts';
+import { startDevTokenService } from '../../helpers/dev-token-service.ts';
 import { freePort } from '../../helpers/free-port.ts';
 import { type GatewayProcess, startGateway } from '../../helpers/gateway-process.ts';
 import { request } from '../../helpers/http.ts';

@@ -2,7 +2,6 @@ import { inspect } from 'node:util';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Config, ConfigSchema } from '../../../src/config/schema.ts';
-import { startDevTokenService } from '../../../src/demo/token-service.ts';
 import { type GatewayError, TokenServiceUnavailable } from '../../../src/errors/gateway-errors.ts';
 import { createClientAuth } from '../../../src/introspection/client-auth.ts';
 import {
@@ -21,6 +20,7 @@ import {
 import { createJwtVerifier } from '../../../src/jwt/verify-jwt.ts';
 import { silentLogger } from '../../../src/observability/logger.ts';
 import { type CurityStub, startCurityStub } from '../../helpers/curity-stub.ts';
+import { startDevTokenService } from '../../helpers/dev-token-service.ts';
 import { freePort } from '../../helpers/free-port.ts';
 
 type DevTokenService = Awaited<ReturnType<typeof startDevTokenService>>;

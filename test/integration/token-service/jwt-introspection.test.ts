@@ -5,7 +5,6 @@ import { inspect } from 'node:util';
 import { CompactEncrypt, CompactSign, createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Config, ConfigSchema } from '../../../src/config/schema.ts';
-import { startDevTokenService } from '../../../src/demo/token-service.ts';
 import { TokenServiceUnavailable } from '../../../src/errors/gateway-errors.ts';
 import { createClientAuth } from '../../../src/introspection/client-auth.ts';
 import {
@@ -22,6 +21,7 @@ import {
 } from '../../../src/introspection/token-service-metadata.ts';
 import { generateSigningKeysFile } from '../../../src/jwt/signing-keys.ts';
 import { silentLogger } from '../../../src/observability/logger.ts';
+import { startDevTokenService } from '../../helpers/dev-token-service.ts';
 import { freePort } from '../../helpers/free-port.ts';
 import { type GatewayProcess, startGateway } from '../../helpers/gateway-process.ts';
 import { request } from '../../helpers/http.ts';

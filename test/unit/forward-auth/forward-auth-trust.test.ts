@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../../src/config/parse-config.ts';
 import { createForwardAuthApp } from '../../../src/forward-auth/forward-auth-app.ts';
 import { createLogger } from '../../../src/observability/logger.ts';
+import { ctx } from '../../../src/pipeline/context.ts';
 import { RouteTable } from '../../../src/routing/route-table.ts';
 import { pollUntil } from '../../helpers/wait.ts';
 
@@ -45,8 +46,7 @@ async function serve(trustedProxies: string[]): Promise<{ server: Server; port: 
     config: config.forwardAuth!,
     table: () => table,
     resolveJwt: (_req, res, next) => {
-      if ((res.locals['gateway'] as { token?: string }).token !== undefined)
-        throw new Error('no token is resolved in this test');
+      if (ctx(res).token !== undefined) throw new Error('no token is resolved in this test');
       next();
     },
     realm: () => config.realm,
