@@ -90,6 +90,11 @@ export interface CurityStub {
   requests: RecordedRequest[];
   /** Maps an opaque token to the claims of the JWT issued for it. */
   register(token: string, claims?: JWTPayload, opts?: { maxAge?: number }): void;
+  /**
+   * Consulted for tokens not registered (null: none): claims for an active token, undefined for an
+   * inactive one. For millions of tokens (the soak) without a map entry each.
+   */
+  resolve: ((token: string) => { claims: JWTPayload; maxAge?: number } | undefined) | null;
   /** Forget a token (it becomes inactive). */
   revoke(token: string): void;
   /**
@@ -200,6 +205,7 @@ export async function startCurityStub(opts: CurityStubOptions): Promise<CuritySt
     hugeBytesWritten: 0,
     typ: opts.typ === undefined ? 'at+jwt' : opts.typ,
     jwtHeader: null,
+    resolve: null,
     calls: 0,
     jwksCalls: 0,
     requests: [],
@@ -382,7 +388,7 @@ export async function startCurityStub(opts: CurityStubOptions): Promise<CuritySt
       res.end(raw.jwt);
       return;
     }
-    const entry = registered.get(token);
+    const entry = registered.get(token) ?? stub.resolve?.(token);
     const wantsJwt = (req.headers.accept ?? '').toLowerCase().includes('application/jwt');
     if (b.startsWith('jwt-claim:')) {
       const member = b.slice('jwt-claim:'.length);
