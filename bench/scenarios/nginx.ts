@@ -1,10 +1,10 @@
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort } from '../../test/helpers/free-port.ts';
+import { accepts, childrenOf, exitedWithin, nginxUserDirective } from '../../test/helpers/nginx.ts';
 
 /**
  * The `nginx-authreq` contender (issue 6): Debian's nginx doing the phantom-token job the classic
@@ -147,25 +147,6 @@ export function ensureNginx(): Promise<{ bin: string } | { skipped: string }> {
   return ensured;
 }
 
-/** `user …;` for the workers: when root, nobody with its own primary group (names from /etc). */
-function userDirective(): string {
-  if (process.getuid?.() !== 0) return '';
-  try {
-    const pw = readFileSync('/etc/passwd', 'utf8')
-      .split('\n')
-      .find((l) => l.startsWith('nobody:'));
-    const gid = pw?.split(':')[3];
-    const group = readFileSync('/etc/group', 'utf8')
-      .split('\n')
-      .map((l) => l.split(':'))
-      .find((f) => f[2] === gid)?.[0];
-    if (pw !== undefined && group !== undefined) return `user nobody ${group};`;
-  } catch {
-    // fall through
-  }
-  return 'user root;';
-}
-
 /** nginx.conf of the contender (every path in `dir`, every socket on 127.0.0.1). */
 export function nginxAuthReqConf(o: {
   dir: string;
@@ -186,7 +167,7 @@ export function nginxAuthReqConf(o: {
 daemon off;
 master_process on;
 worker_processes ${o.workers};
-${userDirective()}
+${nginxUserDirective()}
 pid ${o.dir}/nginx.pid;
 error_log ${o.dir}/error.log warn;
 events { worker_connections 4096; }
@@ -276,48 +257,6 @@ http {
   }
 }
 `;
-}
-
-/** Child PIDs of `pid` (the nginx workers), from /proc. */
-function childrenOf(pid: number): number[] {
-  try {
-    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
-      .trim()
-      .split(/\s+/)
-      .filter(Boolean)
-      .map(Number);
-  } catch {
-    return [];
-  }
-}
-
-function exitedWithin(child: ChildProcess, ms: number): Promise<boolean> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const t = setTimeout(() => {
-      child.off('exit', done);
-      resolve(false);
-    }, ms);
-    const done = () => {
-      clearTimeout(t);
-      resolve(true);
-    };
-    child.once('exit', done);
-  });
-}
-
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ host: '127.0.0.1', port });
-    const t = setTimeout(() => finish(false), 500);
-    const finish = (ok: boolean) => {
-      clearTimeout(t);
-      s.destroy();
-      resolve(ok);
-    };
-    s.once('connect', () => finish(true));
-    s.once('error', () => finish(false));
-  });
 }
 
 /**

@@ -1,10 +1,10 @@
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort } from '../../helpers/free-port.ts';
+import { accepts, childrenOf, exitedWithin, nginxUserDirective } from '../../helpers/nginx.ts';
 
 /**
  * A real nginx (Debian's package; `.ci/run` installs it) in front of an upstream, asking the
@@ -33,20 +33,6 @@ export function nginxBinary(): string {
   throw new Error('nginx is not installed: .ci/run installs it (apt-get install nginx-light, or nginx)');
 }
 
-/** `user …;` for the workers when we are root: nobody with its primary group (from /etc). */
-function userDirective(): string {
-  if (process.getuid?.() !== 0) return '';
-  const pw = readFileSync('/etc/passwd', 'utf8')
-    .split('\n')
-    .find((l) => l.startsWith('nobody:'));
-  const gid = pw?.split(':')[3];
-  const group = readFileSync('/etc/group', 'utf8')
-    .split('\n')
-    .map((l) => l.split(':'))
-    .find((f) => f[2] === gid)?.[0];
-  return pw !== undefined && group !== undefined ? `user nobody ${group};` : 'user root;';
-}
-
 /**
  * nginx.conf: docs/forward-auth.md's server block (auth_request to the forward-auth listener,
  * the JWT and X-Auth-Subject copied upstream, the gateway's status kept for 400/404/405/502/503).
@@ -55,7 +41,7 @@ export function nginxConf(o: { dir: string; port: number; forwardAuth: URL; upst
   return `daemon off;
 master_process on;
 worker_processes 1;
-${userDirective()}
+${nginxUserDirective()}
 pid ${o.dir}/nginx.pid;
 error_log ${o.dir}/error.log warn;
 events { worker_connections 256; }
@@ -126,47 +112,6 @@ http {
   }
 }
 `;
-}
-
-function childrenOf(pid: number): number[] {
-  try {
-    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
-      .trim()
-      .split(/\s+/)
-      .filter(Boolean)
-      .map(Number);
-  } catch {
-    return [];
-  }
-}
-
-function exitedWithin(child: ChildProcess, ms: number): Promise<boolean> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const t = setTimeout(() => {
-      child.off('exit', done);
-      resolve(false);
-    }, ms);
-    const done = () => {
-      clearTimeout(t);
-      resolve(true);
-    };
-    child.once('exit', done);
-  });
-}
-
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ host: '127.0.0.1', port });
-    const t = setTimeout(() => finish(false), 500);
-    const finish = (ok: boolean) => {
-      clearTimeout(t);
-      s.destroy();
-      resolve(ok);
-    };
-    s.once('connect', () => finish(true));
-    s.once('error', () => finish(false));
-  });
 }
 
 /** Starts nginx on a free loopback port (a few attempts: a free port may be taken meanwhile). */
