@@ -45,6 +45,32 @@ export default defineConfig({
       },
       {
         test: {
+          name: 'security',
+          include: ['test/security/**/*.test.ts'],
+          setupFiles: ['./test/leak-check/setup.ts'],
+          testTimeout: 30_000,
+          hookTimeout: 60_000,
+          // Each file starts its own token service stub, recording upstream and gateway process.
+          fileParallelism: true,
+          maxWorkers: 2,
+          sequence: { groupOrder: 0 },
+        },
+      },
+      {
+        test: {
+          // Faults injected under a steady request loop (real gateway, redis-server, stubs).
+          name: 'faults',
+          include: ['test/faults/**/*.test.ts'],
+          setupFiles: ['./test/leak-check/setup.ts'],
+          testTimeout: 60_000,
+          hookTimeout: 60_000,
+          fileParallelism: true,
+          maxWorkers: 2,
+          sequence: { groupOrder: 0 },
+        },
+      },
+      {
+        test: {
           name: 'load',
           include: LOAD_TESTS,
           setupFiles: ['./test/leak-check/setup.ts'],

@@ -32,8 +32,25 @@ export interface RunningGateway {
 /** Builds the public server (http, or https with optional client certificates). */
 function createPublicServer(config: Config): Server {
   const tls = config.listen.tls;
-  const serverOpts = { headersTimeout: 15_000, requestTimeout: 300_000, keepAliveTimeout: 5_000 };
-  if (tls === undefined) return http.createServer(serverOpts);
+  // headersTimeout and requestTimeout are enforced by a sweep every connectionsCheckingInterval
+  // (node's default 30 s would let a slowloris client hold a socket for up to 45 s, not 15 s).
+  const serverOpts = {
+    headersTimeout: 15_000,
+    requestTimeout: 300_000,
+    keepAliveTimeout: 5_000,
+    connectionsCheckingInterval: 1_000,
+  };
+  const server = tls === undefined ? http.createServer(serverOpts) : createTlsServer(serverOpts, tls);
+  applyMaxConnections(server, config);
+  return server;
+}
+
+/** listen.maxConnections: connections beyond it are accepted and closed at once (node net.Server). */
+function applyMaxConnections(server: Server, config: Config): void {
+  server.maxConnections = config.listen.maxConnections ?? Number.POSITIVE_INFINITY;
+}
+
+function createTlsServer(serverOpts: http.ServerOptions, tls: NonNullable<Config['listen']['tls']>): Server {
   return https.createServer({
     ...serverOpts,
     cert: readFileSync(tls.certFile),
@@ -141,10 +158,16 @@ export async function startGateway(
     res.upgradeHead = head;
     current.app(req as never, res as never);
   });
-  publicServer.on('clientError', (_err, socket) => {
-    if (socket.writable)
-      socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-    else socket.destroy();
+  publicServer.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    // An answer already on its way (status line sent): a 400 now would land inside its body, read
+    // by a pooling front proxy as the answer to its next request. Cut the connection instead.
+    const inFlight = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+    if (socket.writable && inFlight?.headersSent !== true) {
+      // Headers over node's maxHeaderSize (16 KiB): 431 (RFC 6585), as node's own handler answers.
+      const status =
+        err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
+      socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+    } else socket.destroy();
   });
 
   const adminServer =
@@ -190,6 +213,7 @@ export async function startGateway(
   const activate = (next: Gateway) => {
     const old = current;
     current = next;
+    applyMaxConnections(publicServer, next.config);
     const keep = old.reusableFor(next.config);
     let done = false;
     const retire = () => {

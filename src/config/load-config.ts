@@ -146,7 +146,16 @@ function substituteEnv(tree: unknown, env: NodeJS.ProcessEnv): Substitution {
   const problems: ConfigProblem[] = [];
   const strings = new Map<string, SubstitutedString>();
 
+  // An alias inside its own anchor (`a: &x [*x]`) makes a cyclic tree: reported, not followed.
+  const ancestors = new Set<object>();
   const walk = (value: unknown, path: ConfigPath): unknown => {
+    if (typeof value === 'object' && value !== null && ancestors.has(value)) {
+      problems.push({
+        path: formatPath(path),
+        message: 'is an alias of a mapping or list that contains it (a cycle)',
+      });
+      return null;
+    }
     if (typeof value === 'string') {
       if (!value.includes('${')) return value;
       const result = substituteString(value, env);
@@ -155,8 +164,14 @@ function substituteEnv(tree: unknown, env: NodeJS.ProcessEnv): Substitution {
       strings.set(at, result);
       return result.value;
     }
-    if (Array.isArray(value)) return value.map((item, i) => walk(item, [...path, i]));
+    if (Array.isArray(value)) {
+      ancestors.add(value);
+      const out = value.map((item, i) => walk(item, [...path, i]));
+      ancestors.delete(value);
+      return out;
+    }
     if (typeof value === 'object' && value !== null) {
+      ancestors.add(value);
       const out: Record<string, unknown> = {};
       for (const [key, item] of Object.entries(value)) {
         // defineProperty: a YAML key "__proto__" stays an own (unknown, rejected) key.
@@ -166,6 +181,7 @@ function substituteEnv(tree: unknown, env: NodeJS.ProcessEnv): Substitution {
           writable: true,
         });
       }
+      ancestors.delete(value);
       return out;
     }
     return value;

@@ -152,6 +152,15 @@ function describe(input: unknown): string {
   }
 }
 
+/**
+ * A raw value the schema may have rejected, in a cross-field message: scalars as written, a
+ * mapping or list by its kind. Never through the value's own toString (a YAML key `toString`
+ * makes a mapping that cannot be converted to a string at all).
+ */
+function shown(value: unknown): string {
+  return typeof value === 'object' && value !== null ? describe(value) : String(value);
+}
+
 function sizeMessage(origin: string, kind: 'small' | 'big', bound: number, inclusive: boolean): string {
   if (origin === 'string') {
     if (kind === 'small')
@@ -469,7 +478,7 @@ function tokenServiceProblems(raw: Record<string, unknown>): ConfigProblem[] {
   if (!isSecret && ts['clientSecret'] !== undefined) {
     problems.push({
       path: 'tokenService.clientSecret',
-      message: `is not used with clientAuth ${clientAuth} (remove it: a secret nobody checks is a secret to leak)`,
+      message: `is not used with clientAuth ${shown(clientAuth)} (remove it: a secret nobody checks is a secret to leak)`,
     });
   }
   if (clientAuth === 'private_key_jwt' && ts['privateKeyFile'] === undefined) {
@@ -482,7 +491,7 @@ function tokenServiceProblems(raw: Record<string, unknown>): ConfigProblem[] {
     if (clientAuth !== 'private_key_jwt' && ts[key] !== undefined) {
       problems.push({
         path: `tokenService.${key}`,
-        message: `only applies to clientAuth private_key_jwt (clientAuth is ${clientAuth}${suffix})`,
+        message: `only applies to clientAuth private_key_jwt (clientAuth is ${shown(clientAuth)}${suffix})`,
       });
     }
   }
@@ -521,16 +530,18 @@ function tokenServiceProblems(raw: Record<string, unknown>): ConfigProblem[] {
       }
     }
   }
-  if (ts['introspectionAccept'] !== undefined && mode !== 'claim') {
+  // The default (application/json) written out is no choice at all: a parsed configuration written
+  // back with its defaults must parse again (as introspectionFormat: json in any mode).
+  if (ts['introspectionAccept'] === 'application/jwt' && mode !== 'claim') {
     problems.push({
       path: 'tokenService.introspectionAccept',
-      message: `only applies to mode claim (mode is ${mode})`,
+      message: `only applies to mode claim (mode is ${shown(mode)})`,
     });
   }
   if (ts['introspectionFormat'] === 'jwt' && mode !== 'mint') {
     problems.push({
       path: 'tokenService.introspectionFormat',
-      message: `jwt (RFC 9701) only applies to mode mint (mode is ${mode}); accept-jwt and claim receive the JWT itself`,
+      message: `jwt (RFC 9701) only applies to mode mint (mode is ${shown(mode)}); accept-jwt and claim receive the JWT itself`,
     });
   }
   return problems;

@@ -197,6 +197,12 @@ export const ConfigSchema = z.strictObject({
        * cluster). Each worker has its own L1; Redis, when configured, is shared.
        */
       workers: z.union([z.literal('auto'), int(1, 64)]).default(1),
+      /**
+       * Open client connections the public listener holds at once (per process: per worker with
+       * `listen.workers`); connections beyond it are accepted and closed at once. Absent: unlimited.
+       * Applied on reload.
+       */
+      maxConnections: int(1, 1_000_000).optional(),
       tls: z
         .strictObject({
           certFile: z.string().min(1),

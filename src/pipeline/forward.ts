@@ -86,6 +86,9 @@ export function rewriteRequestHeaders(
     if (typeof h['x-forwarded-host'] !== 'string') h['x-forwarded-host'] = host;
   } else {
     delete h['forwarded'];
+    // RFC 9440 client certificate fields are a TLS-terminating proxy's to set: from a client, forged.
+    delete h['client-cert'];
+    delete h['client-cert-chain'];
     for (const name of Object.keys(h)) if (name.startsWith('x-forwarded-')) delete h[name];
     h['x-forwarded-for'] = remote;
     h['x-forwarded-proto'] = proto;

@@ -1,6 +1,6 @@
 import type { NextFunction, Request, Response } from 'express';
 import { InvalidRequest, MethodNotAllowed, RouteNotFound } from '../errors/gateway-errors.ts';
-import { rejectPath } from '../routing/check-path.ts';
+import { rejectHost, rejectPath } from '../routing/check-path.ts';
 import type { CompiledRoute, RouteTable } from '../routing/route-table.ts';
 import { ctx } from './context.ts';
 
@@ -18,12 +18,12 @@ export function createMatchRoute(table: () => RouteTable) {
   return function matchRoute(req: Request, res: Response, next: NextFunction): void {
     const c = ctx(res);
     const trace = c.trace;
-    if (trace === undefined) c.route = findRoute(table(), req.method, req.url);
+    if (trace === undefined) c.route = findRoute(table(), req.method, req.url, hostValues(req.rawHeaders));
     else {
       // Tracing on: a `route match` span; the server span is named after the route's prefix.
       const span = trace.child('route match');
       try {
-        c.route = findRoute(table(), req.method, req.url);
+        c.route = findRoute(table(), req.method, req.url, hostValues(req.rawHeaders));
         trace.routeMatched(c.route, req.method);
       } catch (err) {
         span.setAttribute('phantom.reason', (err as { reason?: string }).reason ?? 'error');
@@ -36,11 +36,34 @@ export function createMatchRoute(table: () => RouteTable) {
   };
 }
 
-function findRoute(table: RouteTable, method: string, url: string): CompiledRoute {
+/**
+ * Every Host field of the request, from the raw header list (node keeps only the first in
+ * `headers.host`; `headersDistinct` would build an array for every header of every request).
+ */
+function hostValues(raw: readonly string[]): string[] | undefined {
+  let found: string[] | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length !== 4 || name.toLowerCase() !== 'host') continue;
+    found ??= [];
+    found.push(raw[i + 1]!);
+  }
+  return found;
+}
+
+function findRoute(
+  table: RouteTable,
+  method: string,
+  url: string,
+  host: readonly string[] | undefined,
+): CompiledRoute {
   const { path } = splitTarget(url);
   const problem = rejectPath(path);
   if (problem !== undefined)
     throw new InvalidRequest('path_rejected', `The request path was rejected: ${problem}`);
+  const hostProblem = rejectHost(host);
+  if (hostProblem !== undefined)
+    throw new InvalidRequest('path_rejected', `The request target was rejected: ${hostProblem}`);
   const m = table.match(method, path);
   if (m.kind === 'no-route') throw new RouteNotFound();
   if (m.kind === 'method-not-allowed') throw new MethodNotAllowed(m.allow);

@@ -9,6 +9,9 @@ export function rejectPath(path: string): string | undefined {
     const c = path.charCodeAt(i);
     if (c <= 0x1f || c === 0x7f) return 'control characters are not allowed in the path';
     if (c === 0x5c) return 'backslashes are not allowed in the path';
+    // A fragment is never part of a request target (RFC 9112 §3.2): `/api/admin#x` would be
+    // matched as one path here and read as /api/admin by an upstream's URL parser.
+    if (c === 0x23) return 'a fragment (#) is not part of a request target';
     if (c > 0x7e) return 'non-ASCII characters must be percent-encoded';
     if (c === 0x25) {
       const hex = path.slice(i + 1, i + 3);
@@ -24,7 +27,24 @@ export function rejectPath(path: string): string | undefined {
     }
   }
   if (path.includes('//')) return 'empty path segments are not allowed';
-  if (/\/\.\.?(?:\/|$)/.test(path)) return 'dot segments are not allowed';
+  // `..;x` / `.;x` count as dot segments: Tomcat, Jetty and Spring drop the `;` path parameter
+  // (RFC 2396 segment grammar) and would resolve `/api/public/..;/admin` to /api/admin.
+  if (/\/\.\.?(?:[/;]|$)/.test(path)) return 'dot segments are not allowed';
+  return undefined;
+}
+
+/** Host: a reg-name, IPv4 or bracketed IPv6 literal, optional port (RFC 9110 §7.2, RFC 3986 §3.2.2). */
+const HOST = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?$/;
+
+/**
+ * The request's Host field (SPEC §4 stage 2, RFC 9112 §3.2: more than one Host field, or an
+ * invalid value, is a 400): the reason it is rejected, or undefined. A missing Host is the HTTP
+ * parser's business (HTTP/1.1 without one never gets here; HTTP/1.0 may omit it).
+ */
+export function rejectHost(values: readonly string[] | undefined): string | undefined {
+  if (values === undefined || values.length === 0) return undefined;
+  if (values.length > 1) return 'more than one Host header';
+  if (!HOST.test(values[0]!)) return 'the Host header is not a valid host[:port]';
   return undefined;
 }
 

@@ -17,7 +17,20 @@ export interface EchoUpstream {
   port: number;
   requests: RecordedRequest[];
   /** What the next requests get; 'echo' answers 200 with a JSON summary of the request. */
-  behaviour: 'echo' | 'hang' | 'reset' | { slowMs: number } | { streamBytes: number };
+  behaviour:
+    | 'echo'
+    | 'hang'
+    | 'reset'
+    | { slowMs: number }
+    | { streamBytes: number }
+    /** 200 announcing twice these bytes, these bytes written, then (50 ms later) a TCP reset. */
+    | { resetAfterBytes: number }
+    /** 200 with Content-Length `bytes`, written `chunkBytes` every `everyMs` ms. */
+    | { slowStream: { bytes: number; chunkBytes: number; everyMs: number } };
+  /** Requests whose head arrived (counted at once, before the body). */
+  opened: number;
+  /** Requests whose connection closed before the upstream's answer was finished (the peer went away). */
+  aborted: number;
   close(): Promise<void>;
 }
 
@@ -32,9 +45,15 @@ export async function startEchoUpstream(): Promise<EchoUpstream> {
     port: 0,
     requests,
     behaviour: 'echo',
+    opened: 0,
+    aborted: 0,
     close: async () => {},
   };
   const server: Server = http.createServer((req, res) => {
+    up.opened++;
+    res.once('close', () => {
+      if (!res.writableFinished) up.aborted++;
+    });
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
@@ -56,6 +75,32 @@ export async function startEchoUpstream(): Promise<EchoUpstream> {
       if (b === 'hang') return;
       if (b === 'reset') {
         req.socket.destroy();
+        return;
+      }
+      if (typeof b === 'object' && 'resetAfterBytes' in b) {
+        res.writeHead(200, {
+          'Content-Type': 'application/octet-stream',
+          'Content-Length': String(b.resetAfterBytes * 2),
+        });
+        res.write(Buffer.alloc(b.resetAfterBytes, 0x72));
+        const t = setTimeout(() => req.socket.resetAndDestroy(), 50);
+        res.once('close', () => clearTimeout(t));
+        return;
+      }
+      if (typeof b === 'object' && 'slowStream' in b) {
+        const { bytes, chunkBytes, everyMs } = b.slowStream;
+        res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': String(bytes) });
+        let left = bytes;
+        const chunk = Buffer.alloc(chunkBytes, 0x73);
+        const t = setInterval(() => {
+          const n = Math.min(left, chunk.length);
+          left -= n;
+          if (left === 0) {
+            clearInterval(t);
+            res.end(chunk.subarray(0, n));
+          } else res.write(chunk.subarray(0, n));
+        }, everyMs);
+        res.once('close', () => clearInterval(t));
         return;
       }
       if (typeof b === 'object' && 'streamBytes' in b) {

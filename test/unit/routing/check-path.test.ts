@@ -47,3 +47,14 @@ describe('rejectPath (SPEC §4 stage 2)', () => {
     expect(rejectPath(p)).toBeTypeOf('string');
   });
 });
+
+describe('rejectsFragmentInRequestTarget (regression: /api/admin#x was matched by /api)', () => {
+  // Found by the property suite: a `/api` route (scope read) matched `/api/admin#x`, forwarded
+  // byte for byte, and an Express upstream served it as /api/admin (scope admin).
+  it.each(['/api/admin#x', '/#', '/api#/../admin', '/api/reports/x#frag', '/api#'])('%s is rejected', (p) => {
+    expect(rejectPath(p)).toBe('a fragment (#) is not part of a request target');
+  });
+  it('an encoded # (%23) is data, not a fragment: accepted', () => {
+    expect(rejectPath('/api/a%23b')).toBeUndefined();
+  });
+});
