@@ -63,6 +63,21 @@ export async function accessLine(
   return line!;
 }
 
+/** /metrics and /readyz of a running gateway, recorded for the leak check (bounded; failures ignored). */
+async function recordAdminViews(adminUrl: string): Promise<void> {
+  if (process.env['VITEST'] === undefined) return;
+  await Promise.all(
+    ['/metrics', '/readyz'].map(async (path) => {
+      try {
+        const res = await fetch(`${adminUrl}${path}`, { signal: AbortSignal.timeout(2000) });
+        recordOutput(await res.text());
+      } catch {
+        // not listening (admin disabled, already stopping): nothing to record
+      }
+    }),
+  );
+}
+
 /** Runs the CLI to completion (bounded) and returns its exit code and output. */
 export function runCli(
   args: string[],
@@ -184,6 +199,8 @@ async function startGatewayOnce(
     },
     async stop() {
       if (!done) {
+        // For the whole-run leak check: what the admin listener shows at the end (metrics, readyz).
+        await recordAdminViews(gp.adminUrl);
         child.kill('SIGTERM');
         const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
         const code = await exited;

@@ -1,5 +1,6 @@
 import http, { type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
 import { connect } from 'node:net';
+import { recordOutput } from './leak-registry.ts';
 
 export interface SimpleResponse {
   status: number;
@@ -31,6 +32,8 @@ export function request(
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => {
           const body = Buffer.concat(chunks).toString();
+          // Error answers (the gateway's renderer, admin errors) go to the whole-run leak check.
+          if ((res.statusCode ?? 0) >= 400) recordOutput(`${JSON.stringify(res.headers)}\n${body}`);
           resolve({ status: res.statusCode!, headers: res.headers, body, json: () => JSON.parse(body) });
         });
         res.on('error', reject);
@@ -59,6 +62,7 @@ export function rawRequest(port: number, raw: string, timeoutMs = 5_000): Promis
     });
     sock.on('close', () => {
       clearTimeout(timer);
+      if (/^HTTP\/1\.[01] [45]/.test(out)) recordOutput(out.slice(0, 65_536));
       resolve(out);
     });
     sock.write(raw);

@@ -1,7 +1,9 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { Redis } from 'ioredis';
 import { freePort } from './free-port.ts';
+import { recordOutput } from './leak-registry.ts';
 
 /**
  * A private redis-server for one test file: its own free port on 127.0.0.1, no persistence, started
@@ -35,6 +37,54 @@ export interface StartRedisServerOptions {
   startTimeoutMs?: number;
   /** Bound for the exit after SIGTERM before SIGKILL (default 3000 ms). */
   stopTimeoutMs?: number;
+}
+
+/**
+ * Every key and value of the Redis on `port` as text, recorded for the whole-run leak check
+ * (bounded: 20 000 keys, 3 s; a paused, TLS-only or already dead server records nothing).
+ */
+async function recordRedisContents(port: number, password: string | undefined): Promise<void> {
+  if (process.env['VITEST'] === undefined) return;
+  const redis = new Redis({
+    host: '127.0.0.1',
+    port,
+    ...(password !== undefined ? { password } : {}),
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    enableOfflineQueue: false,
+    connectTimeout: 1000,
+    commandTimeout: 3000,
+    retryStrategy: () => null,
+  });
+  redis.on('error', () => {});
+  try {
+    await redis.connect();
+    const lines: string[] = [];
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'COUNT', 1000);
+      cursor = next;
+      for (const key of keys) {
+        const type = await redis.type(key);
+        const value =
+          type === 'string'
+            ? await redis.get(key)
+            : type === 'set'
+              ? (await redis.smembers(key)).join(' ')
+              : type === 'hash'
+                ? JSON.stringify(await redis.hgetall(key))
+                : type === 'list'
+                  ? (await redis.lrange(key, 0, -1)).join(' ')
+                  : '';
+        lines.push(`${key} ${value ?? ''}`);
+      }
+    } while (cursor !== '0' && lines.length < 20_000);
+    recordOutput(lines.join('\n'));
+  } catch {
+    // unreachable or refused (paused, ACL-only, TLS): nothing to record
+  } finally {
+    redis.disconnect();
+  }
 }
 
 const live = new Set<ChildProcess>();
@@ -154,7 +204,9 @@ export async function startRedisServer(opts: StartRedisServerOptions = {}): Prom
   const stop = async (): Promise<void> => {
     const c = current;
     if (c.exitCode !== null || c.signalCode !== null) return;
-    signal(c, 'SIGCONT'); // a paused process would not act on SIGTERM
+    signal(c, 'SIGCONT'); // a paused process would not act on SIGTERM (nor answer the dump)
+    // For the whole-run leak check: every key and value this Redis holds at the end.
+    await recordRedisContents(port, opts.password);
     signal(c, 'SIGTERM');
     if (await waitForExit(c, stopTimeoutMs)) return;
     signal(c, 'SIGKILL');
