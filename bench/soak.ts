@@ -1,10 +1,11 @@
-import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 import { type CurityStub, startCurityStub } from '../test/helpers/curity-stub.ts';
 import { type GatewayProcess, startGateway, waitFor } from '../test/helpers/gateway-process.ts';
 import { type RedisServerHandle, startRedisServer } from '../test/helpers/redis-server.ts';
 import { type EchoUpstream, startEchoUpstream } from '../test/helpers/upstream.ts';
+import { getStatus, waitGatewayReady } from './lib/http-client.ts';
+import { rssMb } from './lib/procs.ts';
 
 /**
  * `npm run soak` (issue 8): the real gateway (accept-jwt, Redis, default cache bounds) under a
@@ -105,18 +106,7 @@ async function main(): Promise<void> {
     );
     const g = gw;
     // No "listening" line at warn: ready = /readyz 200 with Redis connected (bounded).
-    await waitFor(
-      async () => {
-        try {
-          const res = await fetch(`${g.adminUrl}/readyz`, { signal: AbortSignal.timeout(1000) });
-          return res.status === 200 && ((await res.json()) as { redis?: string }).redis === 'ready';
-        } catch {
-          return false;
-        }
-      },
-      30_000,
-      'the gateway to be ready',
-    );
+    await waitGatewayReady(g, true);
     up.requests.length = 0;
     await run(g, stub, redis, up, agent);
   } finally {
@@ -206,26 +196,20 @@ async function run(
     inFlight++;
     sent++;
     const at = Date.now();
-    const req = http.request(
-      `${gw.url}/api/items/${n}`,
-      { agent, headers: { authorization: `Bearer ${tokenOf(n)}` }, timeout: REQUEST_TIMEOUT_MS },
-      (res) => {
-        res.resume();
-        res.once('end', () => {
-          inFlight--;
-          const s = res.statusCode ?? 0;
-          statuses.set(s, (statuses.get(s) ?? 0) + 1);
-          if (s >= 500 && !windows.some((w) => at < w.to && Date.now() >= w.from && w.explains.has(s)))
-            unexplained.push({ at: at - started, status: s });
-        });
-      },
-    );
-    req.once('timeout', () => req.destroy(new Error('timeout')));
-    req.once('error', () => {
+    void getStatus(`${gw.url}/api/items/${n}`, {
+      agent,
+      headers: { authorization: `Bearer ${tokenOf(n)}` },
+      timeoutMs: REQUEST_TIMEOUT_MS,
+    }).then((s) => {
       inFlight--;
-      errors++;
+      if (s === 0) {
+        errors++;
+        return;
+      }
+      statuses.set(s, (statuses.get(s) ?? 0) + 1);
+      if (s >= 500 && !windows.some((w) => at < w.to && Date.now() >= w.from && w.explains.has(s)))
+        unexplained.push({ at: at - started, status: s });
     });
-    req.end();
   };
 
   // Steady rate: every 10 ms, the requests due by now.
@@ -324,15 +308,6 @@ async function run(
   const ok = flat && unexplained.length === 0;
   console.log(`verdict: ${ok ? 'PASS' : 'FAIL'}`);
   process.exitCode = ok ? 0 : 1;
-}
-
-function rssMb(pid: number): number {
-  try {
-    const m = /^VmRSS:\s+(\d+)\s+kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m === null ? 0 : Number(m[1]) / 1024;
-  } catch {
-    return 0;
-  }
 }
 
 function sleepUntil(t: number): Promise<void> {

@@ -115,7 +115,8 @@ export interface Gateway {
   close(keep?: SharedParts): Promise<void>;
 }
 
-const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+/** Two parts of parsed configurations are the same setting (plain data: JSON equality). */
+export const sameSetting = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
 
 /**
  * Composition root: the only module that knows every part. The public app is the SPEC §4
@@ -404,9 +405,9 @@ export async function createGateway(
       return ok;
     },
     reusableFor(next) {
-      const sameTokenService = same(config.tokenService, next.tokenService);
-      const sameJwt = sameTokenService && same(config.jwt, next.jwt);
-      const sameCache = sameJwt && same(config.cache, next.cache);
+      const sameTokenService = sameSetting(config.tokenService, next.tokenService);
+      const sameJwt = sameTokenService && sameSetting(config.jwt, next.jwt);
+      const sameCache = sameJwt && sameSetting(config.cache, next.cache);
       return {
         gatewayMetrics,
         cacheMetrics: metrics,

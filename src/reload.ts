@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { type FSWatcher, readFileSync, watch } from 'node:fs';
 import { basename, dirname } from 'node:path';
-import type { Gateway, SharedParts } from './app.ts';
+import { type Gateway, type SharedParts, sameSetting } from './app.ts';
 import { loadConfig } from './config/load-config.ts';
 import { ConfigError } from './config/parse-config.ts';
 import type { Config } from './config/schema.ts';
@@ -22,7 +22,7 @@ import { configHash } from './observability/metrics.ts';
 /** Keys read once when the listeners are created: a change needs a restart. */
 export function restartRequired(running: Config, next: Config): string[] {
   const keys: string[] = [];
-  const differs = (a: unknown, b: unknown) => JSON.stringify(a) !== JSON.stringify(b);
+  const differs = (a: unknown, b: unknown) => !sameSetting(a, b);
   for (const k of ['host', 'port', 'tls', 'workers'] as const)
     if (differs(running.listen[k], next.listen[k])) keys.push(`listen.${k}`);
   for (const k of ['host', 'port'] as const)

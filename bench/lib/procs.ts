@@ -175,6 +175,16 @@ export function defaultCpuSplit(cpuCount: number): { serverCpus: string; loadCpu
   return { serverCpus: range(0, cpuCount - half - 1), loadCpus: range(cpuCount - half, cpuCount - 1) };
 }
 
+/** Resident memory of a process in MB, one decimal (`VmRSS` of /proc/<pid>/status); 0 when unreadable. */
+export function rssMb(pid: number): number {
+  try {
+    const m = /^VmRSS:\s+(\d+)\s+kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m === null ? 0 : Math.round(Number(m[1]) / 102.4) / 10;
+  } catch {
+    return 0;
+  }
+}
+
 /** CPU time (user + system, ms) a process has used so far, from /proc; undefined where unreadable. */
 export function processCpuMs(pid: number | undefined): number | undefined {
   if (pid === undefined) return undefined;

@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type CurityStub, startCurityStub } from '../../test/helpers/curity-stub.ts';
@@ -7,7 +6,7 @@ import { type GatewayProcess, startGateway } from '../../test/helpers/gateway-pr
 import { type RedisServerHandle, startRedisServer } from '../../test/helpers/redis-server.ts';
 import { type EchoUpstream, startEchoUpstream } from '../../test/helpers/upstream.ts';
 import { getStatus, round1, waitGatewayReady } from '../lib/http-client.ts';
-import { pinProcess } from '../lib/procs.ts';
+import { pinProcess, rssMb } from '../lib/procs.ts';
 import type { BenchOptions, CountResult } from '../lib/types.ts';
 
 /**
@@ -39,16 +38,6 @@ const GW_SECRET = 'bench-flood-introspection-secret-0123456789';
 const CACHE_KEY = 'bench-flood-cache-key-'.padEnd(48, 'f');
 
 const GOAL = 'token-service calls bounded by the negative cache; gateway memory bounded';
-
-/** Resident memory of a process in MB (`VmRSS` of /proc/<pid>/status); 0 when unreadable. */
-function rssMb(pid: number): number {
-  try {
-    const m = /^VmRSS:\s+(\d+)\s+kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m === null ? 0 : Math.round(Number(m[1]) / 102.4) / 10;
-  } catch {
-    return 0;
-  }
-}
 
 interface FloodOutcome {
   sent: number;
