@@ -4,6 +4,7 @@ import express, { type Express, type Request, type RequestHandler, type Response
 import type { Revocation } from '../cache/revocation.ts';
 import { describeError } from '../errors/error-handler.ts';
 import type { Logger } from '../observability/logger.ts';
+import { ctx } from '../pipeline/context.ts';
 
 /** Constant-time comparison of a presented bearer credential with the configured admin token. */
 export function adminTokenMatches(header: string | undefined, expected: string): boolean {
@@ -42,6 +43,7 @@ export function createPublicJwksEndpoint(path: string, jwks: JwksSource): Reques
     if (req.method !== 'GET' && req.method !== 'HEAD') return next();
     const q = req.url.indexOf('?');
     if ((q === -1 ? req.url : req.url.slice(0, q)) !== path) return next();
+    res.setHeader('X-Request-Id', ctx(res).requestId);
     sendJwks(res, jwks);
   };
 }

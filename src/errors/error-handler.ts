@@ -27,6 +27,7 @@ export function renderError(res: Response, err: GatewayError, realm: string, req
     request_id: requestId,
   });
   res.statusCode = err.status;
+  if (requestId !== '') res.setHeader('X-Request-Id', requestId);
   res.setHeader('Content-Type', 'application/json');
   res.setHeader('Cache-Control', 'no-store');
   res.setHeader('Content-Length', Buffer.byteLength(body));
@@ -73,11 +74,12 @@ export function createErrorHandler(opts: { realm: () => string; logger: Logger }
 }
 
 /** Error details for an operator's log line: name, message, code, cause chain. Never a token. */
-export function describeError(err: unknown): Record<string, unknown> {
+export function describeError(err: unknown, depth = 0): Record<string, unknown> {
   if (!(err instanceof Error)) return { message: String(err) };
   const out: Record<string, unknown> = { name: err.name, message: err.message };
   const code = (err as { code?: unknown }).code;
   if (code !== undefined) out['code'] = code;
-  if (err.cause !== undefined) out['cause'] = describeError(err.cause);
+  // A cause chain is walked 5 deep at most (a cycle, err.cause === err, must not loop).
+  if (err.cause !== undefined && depth < 5) out['cause'] = describeError(err.cause, depth + 1);
   return out;
 }

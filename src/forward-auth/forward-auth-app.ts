@@ -97,8 +97,9 @@ export function createForwardAuthApp(deps: ForwardAuthDeps): Express {
    * header whose claim is absent). nginx and Traefik ignore it; their snippets clear those headers.
    */
   function allow(_req: Request, res: Response): void {
-    const resolved = ctx(res).resolved;
+    const { resolved, requestId } = ctx(res);
     res.statusCode = 200;
+    res.setHeader('X-Request-Id', requestId);
     res.setHeader('Cache-Control', 'no-store');
     const remove: string[] = [];
     if (resolved === undefined) {

@@ -1,12 +1,16 @@
+import cluster from 'node:cluster';
 import { type Logger, type LoggerOptions, pino } from 'pino';
 
 export type { Logger };
+
+/** The `service` field of every line. */
+const SERVICE = 'phantom-gateway';
 
 /** What every logger of the process shares: level, `service`, ISO time, `level` as a label. */
 function baseOptions(level: string): LoggerOptions {
   return {
     level,
-    base: { service: 'phantom-gateway', pid: process.pid },
+    base: { service: SERVICE, pid: process.pid },
     timestamp: pino.stdTimeFunctions.isoTime,
     formatters: { level: (label) => ({ level: label }) },
   };
@@ -45,21 +49,32 @@ export function createLogger(opts: { level?: string; destination?: NodeJS.Writab
         censor: '[redacted]',
       },
     },
-    // maxWrite 4096 (PIPE_BUF): every write holds whole lines and is atomic on a pipe, so the
-    // lines of several workers (listen.workers) sharing stdout never interleave mid-line.
-    opts.destination ?? pino.destination({ fd: 1, sync: false, maxWrite: 4096 }),
+    // Cluster workers (listen.workers) share stdout: maxWrite 4096 (PIPE_BUF) makes every write
+    // whole lines and atomic on a pipe, so their lines never interleave mid-line. A single process
+    // writes up to 16 KiB at once (sonic-boom's default): a quarter of the write calls under load.
+    opts.destination ?? pino.destination({ fd: 1, sync: false, maxWrite: cluster.isWorker ? 4096 : 16384 }),
   );
 }
 
 /**
- * The access log's logger: `logger`'s destination, level and format, without the redaction pass
- * (a wildcard walk over every line: 1.7 % of the L1-hit profile). An access line holds only values
- * the gateway computes (ids, route, path without query, status, reason, durations), none under a
- * credential's name, so the pass never had anything to redact there.
+ * The access log's writer: one pre-serialized `info` line per call, in exactly the shape pino gives
+ * `logger.info(fields, msg)` — `{"level":"info","time":…,"service":…,"pid":…,<fields>,"msg":…}` —
+ * written to `logger`'s destination; undefined when `logger`'s level hides `info`. pino's object
+ * serialization (a key walk with a stringify per value, then the redaction pass) was ≈ 3 µs of CPU
+ * per request on the L1-hit path; the access line has a fixed shape, so the caller builds
+ * `fieldsJson` directly (every string through JSON.stringify). An access line holds only values the
+ * gateway computes (ids, route, path without query, status, reason, durations), none under a
+ * credential's name, so redaction never had anything to do there.
  */
-export function accessLoggerOf(logger: Logger): Logger {
+export function lineWriter(logger: Logger, msg: string): ((fieldsJson: string) => void) | undefined {
+  if (!logger.isLevelEnabled('info')) return undefined;
   const stream = (logger as unknown as Record<symbol, NodeJS.WritableStream>)[pino.symbols.streamSym];
-  return pino(baseOptions(logger.level), stream);
+  const head = '{"level":"info","time":"';
+  const base = `","service":${JSON.stringify(SERVICE)},"pid":${process.pid},`;
+  const tail = `,"msg":${JSON.stringify(msg)}}\n`;
+  return (fieldsJson) => {
+    stream.write(head + new Date().toISOString() + base + fieldsJson + tail);
+  };
 }
 
 /** A logger that writes nothing (unit tests, library use). */

@@ -2,7 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import type { NextFunction, Request, Response } from 'express';
 import { InvalidRequest, InvalidToken, TokenMissing } from '../errors/gateway-errors.ts';
 import { ctx } from './context.ts';
-import { splitTarget } from './match-route.ts';
+import { rawValues, splitTarget } from './match-route.ts';
 
 /** Longest credential accepted (the credential, not the header). */
 export const MAX_TOKEN_BYTES = 4096;
@@ -26,7 +26,7 @@ export function readBearer(req: IncomingMessage): TokenExtraction {
   if (query !== '' && hasAccessTokenParam(query)) {
     return { kind: 'malformed', why: 'access tokens are not accepted in the query string', inQuery: true };
   }
-  const values = req.headersDistinct['authorization'];
+  const values = rawValues(req.rawHeaders, 'authorization');
   if (values === undefined || values.length === 0) return { kind: 'missing' };
   if (values.length > 1) return { kind: 'malformed', why: 'more than one Authorization header' };
   const header = values[0]!;

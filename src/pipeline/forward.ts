@@ -221,10 +221,13 @@ export function createForward(routes: readonly CompiledRoute[], opts: ForwardOpt
               .split(',')
               .map((x) => x.trim())
           : [];
-      const out: string[] = [];
+      // The gateway's request id, not an upstream's own (the one in the access line and the
+      // upstream's request). writeHead with one array and nothing set before: node's fast path.
+      const out: string[] = ['X-Request-Id', c.requestId];
       for (let i = 0; i < raw.length; i += 2) {
         const lower = raw[i]!.toLowerCase();
-        if (RESPONSE_HOP_BY_HOP.has(lower) || (extra.length > 0 && extra.includes(lower))) continue;
+        if (RESPONSE_HOP_BY_HOP.has(lower) || lower === 'x-request-id') continue;
+        if (extra.length > 0 && extra.includes(lower)) continue;
         out.push(raw[i]!, raw[i + 1]!);
       }
       res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, out);

@@ -37,19 +37,22 @@ export function createMatchRoute(table: () => RouteTable) {
 }
 
 /**
- * Every Host field of the request, from the raw header list (node keeps only the first in
- * `headers.host`; `headersDistinct` would build an array for every header of every request).
+ * Every field `lowerName` of the request, from the raw header list (node keeps only the first Host
+ * in `headers.host` and joins repeated fields elsewhere; `headersDistinct` would build an array
+ * for every header of every request).
  */
-function hostValues(raw: readonly string[]): string[] | undefined {
+export function rawValues(raw: readonly string[], lowerName: string): string[] | undefined {
   let found: string[] | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
-    if (name.length !== 4 || name.toLowerCase() !== 'host') continue;
+    if (name.length !== lowerName.length || name.toLowerCase() !== lowerName) continue;
     found ??= [];
     found.push(raw[i + 1]!);
   }
   return found;
 }
+
+const hostValues = (raw: readonly string[]) => rawValues(raw, 'host');
 
 function findRoute(
   table: RouteTable,

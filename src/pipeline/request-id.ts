@@ -7,7 +7,10 @@ const VALID_ID = /^[\x21-\x7e]{1,128}$/;
 
 /**
  * Stage 1: accept the client's `X-Request-Id` when it is 1–128 visible ASCII characters, else
- * mint one; it is echoed on the response and sent to the token service and the upstream. With
+ * mint one; it is sent to the token service and the upstream, and echoed on the response by
+ * whatever writes it (forward, the error renderer, the JWKS path, forward-auth's answer): set here
+ * with setHeader, it would put forward's writeHead of the upstream's fields on node's slow path
+ * (a removeHeader + appendHeader per field). With
  * tracing on, the request's trace starts here (continued from the client's `traceparent`).
  */
 export function createRequestId(tracing?: Tracing) {
@@ -15,7 +18,6 @@ export function createRequestId(tracing?: Tracing) {
     const incoming = req.headers['x-request-id'];
     const id = typeof incoming === 'string' && VALID_ID.test(incoming) ? incoming : randomUUID();
     req.headers['x-request-id'] = id;
-    res.setHeader('X-Request-Id', id);
     const context: GatewayContext = { requestId: id, startedAt: process.hrtime.bigint(), cache: 'none' };
     if (tracing !== undefined) context.trace = tracing.startRequest(req, id);
     setCtx(res, context);

@@ -31,6 +31,8 @@ export interface EchoUpstream {
   opened: number;
   /** Requests whose connection closed before the upstream's answer was finished (the peer went away). */
   aborted: number;
+  /** Extra fields on the echo answer (e.g. the upstream's own X-Request-Id). */
+  responseHeaders?: Record<string, string>;
   close(): Promise<void>;
 }
 
@@ -125,7 +127,11 @@ export async function startEchoUpstream(): Promise<EchoUpstream> {
           headers: rec.headers,
           bodyLength: rec.bodyLength,
         });
-        res.writeHead(200, { 'Content-Type': 'application/json', 'X-Upstream': 'echo' });
+        res.writeHead(200, {
+          'Content-Type': 'application/json',
+          'X-Upstream': 'echo',
+          ...up.responseHeaders,
+        });
         res.end(text);
       };
       if (typeof b === 'object' && 'slowMs' in b) setTimeout(send, b.slowMs);

@@ -61,7 +61,8 @@ function runStage(headers: readonly string[], query: QueryCase, route: RouteCase
   setCtx(res, context);
   const req = {
     url: `/api/x${query.text}`,
-    headersDistinct: headers.length > 0 ? { authorization: [...headers] } : {},
+    // As node's parser leaves it: the raw field list (names in any case; the stage reads every one).
+    rawHeaders: headers.flatMap((h, i) => [i % 2 === 0 ? 'authorization' : 'Authorization', h]),
   } as unknown as Request;
   let nextCalls = 0;
   const next: NextFunction = () => {

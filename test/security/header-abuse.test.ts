@@ -151,6 +151,51 @@ describe('X-Request-Id', () => {
     expect(r.headers['x-request-id']).not.toBe(id);
     expect(r.headers['x-request-id']).toBe(res!.headers['x-request-id']);
   });
+  it("the client sees the gateway's id, never an upstream's own X-Request-Id", async () => {
+    env.up.responseHeaders = { 'X-Request-Id': 'upstream-own-id', 'x-request-id-extra': 'kept' };
+    try {
+      const x = await rawExchange(
+        env.gw.port,
+        head([
+          'GET /api/reports/h HTTP/1.1',
+          'Host: 127.0.0.1',
+          `Authorization: Bearer ${env.readToken}`,
+          'X-Request-Id: client-id-7',
+          'Connection: close',
+        ]),
+      );
+      const res = finals(x)[0]!;
+      expect(res.status).toBe(200);
+      expect(res.headers['x-request-id']).toBe('client-id-7');
+      // One line only: the upstream's was dropped, not joined to ours.
+      expect(x.raw.match(/^x-request-id:/gim)).toHaveLength(1);
+      expect(res.headers['x-request-id-extra']).toBe('kept');
+    } finally {
+      delete env.up.responseHeaders;
+    }
+  });
+  it('a refusal (401, 404, 400) carries the request id too, in the header and the body', async () => {
+    for (const [target, auth, status] of [
+      ['/api/reports/h', [], 401],
+      ['/nowhere', [`Authorization: Bearer ${env.readToken}`], 404],
+      ['/api/%2e%2e/admin', [`Authorization: Bearer ${env.readToken}`], 400],
+    ] as const) {
+      const x = await rawExchange(
+        env.gw.port,
+        head([
+          `GET ${target} HTTP/1.1`,
+          'Host: 127.0.0.1',
+          ...auth,
+          'X-Request-Id: refused-1',
+          'Connection: close',
+        ]),
+      );
+      const res = finals(x)[0]!;
+      expect(res.status, target).toBe(status);
+      expect(res.headers['x-request-id'], target).toBe('refused-1');
+      expect(JSON.parse(res.body).request_id, target).toBe('refused-1');
+    }
+  });
   it('two X-Request-Id lines: the upstream gets one, the same as the response', async () => {
     const { res, got } = await one(env, ['X-Request-Id: aaa', 'X-Request-Id: bbb']);
     const r = only(got);

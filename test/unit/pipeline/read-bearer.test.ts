@@ -2,10 +2,17 @@ import type { IncomingMessage } from 'node:http';
 import { describe, expect, it } from 'vitest';
 import { MAX_TOKEN_BYTES, readBearer } from '../../../src/pipeline/extract-token.ts';
 
+/** A request as node's parser leaves it: the raw field list, names in the client's spelling. */
 function req(url: string, ...authorization: string[]): IncomingMessage {
   return {
     url,
-    headersDistinct: authorization.length ? { authorization } : {},
+    rawHeaders: [
+      'Host',
+      'api.example',
+      ...authorization.flatMap((a, i) => [i % 2 === 0 ? 'Authorization' : 'AUTHORIZATION', a]),
+      'X-Authorization',
+      'Bearer not-this-one',
+    ],
   } as unknown as IncomingMessage;
 }
 
