@@ -36,6 +36,7 @@ import {
 } from './lib/procs.ts';
 import { summariseProfileDir } from './lib/profile-summary.ts';
 import {
+  costLines,
   evaluateGoals,
   markdownReport,
   type RunInfo,
@@ -50,7 +51,7 @@ import type { BenchOptions, CountResult, LoadResult } from './lib/types.ts';
  * `npm run bench`: every contender in one run, interleaved over rounds, on loopback; the
  * report goes to bench/results/<date>.md / .json / .svg and the tables to stdout.
  *
- *   npm run bench                      3 rounds × 5 s, 50 connections
+ *   npm run bench                      steady keep-alive 5 rounds × 3 s, the rest 3 × 5 s; 50 connections
  *   npm run bench -- --quick           1 round × 2 s (a smoke check; figures are not a measurement)
  *   npm run bench -- --only pg-l1,pg-l2,burst
  *   npm run bench -- --rounds 5 --duration 10 --connections 100
@@ -62,6 +63,8 @@ const USAGE = `usage: npm run bench -- [--quick] [--only name,name…] [--rounds
   contenders: direct node-proxy express-proxy nginx-authreq pg-l1 pg-l2 pg-miss pg-mint-l1 pg-l1-10k-routes
   scenarios:  steady-keepalive no-keepalive upload-1mib download-1mib (load; naming any keeps only those)
               burst flood workers (count scenarios; workers: listen.workers 1 vs one per CPU)
+  defaults:   steady keep-alive 5 rounds × 3 s, the other load scenarios 3 rounds × 5 s;
+              --rounds / --duration set every scenario
   --only keeps direct and express-proxy (the ratio baselines), and pg-l1 with pg-l1-10k-routes.
   --profile writes a V8 CPU profile per Node contender to bench/results/profiles/<date>/ and prints
             where each spent its time (self time by function and by package).`;
@@ -122,6 +125,8 @@ function parseOptions() {
   const bench: BenchOptions = {
     durationSeconds: int(values.duration, quick ? 2 : 5, 'duration'),
     rounds: int(values.rounds, quick ? 1 : 3, 'rounds'),
+    steadyDurationSeconds: int(values.duration, quick ? 2 : 3, 'duration'),
+    steadyRounds: int(values.rounds, quick ? 1 : 5, 'rounds'),
     connections: int(values.connections, 50, 'connections'),
     ...(split && hasTaskset ? split : {}),
   };
@@ -146,6 +151,7 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 interface Scenario {
   name: keyof typeof SCENARIO_TITLES;
   contenders: Contender[];
+  rounds: number;
   spec(c: Contender): LoadSpec;
 }
 
@@ -286,31 +292,44 @@ async function main(): Promise<void> {
 
     const loadOpts = { loadCpus, tmpDir };
     const streamConnections = Math.min(10, bench.connections);
-    const small = (c: Contender, keepAlive: boolean, connections = bench.connections): LoadSpec => ({
+    const small = (
+      c: Contender,
+      keepAlive: boolean,
+      connections = bench.connections,
+      durationSeconds = bench.durationSeconds,
+    ): LoadSpec => ({
       url: `${c.url}${ITEM_PATH}`,
       headers: c.headers,
       connections,
-      durationSeconds: bench.durationSeconds,
+      durationSeconds,
       keepAlive,
       ...(c.tokens
         ? { tokensFile: c.tokens.file, tokenOffset: c.tokens.offset, tokensCycle: c.tokens.cycle }
         : {}),
     });
     const scenarios: Scenario[] = [
-      { name: 'steady-keepalive', contenders, spec: (c) => small(c, true) },
+      {
+        name: 'steady-keepalive',
+        contenders,
+        rounds: bench.steadyRounds,
+        spec: (c) => small(c, true, bench.connections, bench.steadyDurationSeconds),
+      },
       {
         name: 'no-keepalive',
         contenders: contenders.filter((c) => STREAM_SET.has(c.name)),
+        rounds: bench.rounds,
         spec: (c) => small(c, false),
       },
       {
         name: 'upload-1mib',
         contenders: contenders.filter((c) => STREAM_SET.has(c.name)),
+        rounds: bench.rounds,
         spec: (c) => ({ ...small(c, true, streamConnections), bodyBytes: ONE_MIB }),
       },
       {
         name: 'download-1mib',
         contenders: contenders.filter((c) => STREAM_SET.has(c.name)),
+        rounds: bench.rounds,
         spec: (c) => ({ ...small(c, true, streamConnections), url: `${c.url}${download(ONE_MIB)}` }),
       },
     ];
@@ -319,7 +338,7 @@ async function main(): Promise<void> {
     const measure = async (
       c: Contender,
       spec: LoadSpec,
-    ): Promise<{ sample: LoadSample; levels?: Record<string, number>; cpuUs?: number }> => {
+    ): Promise<{ sample: LoadSample; levels?: Record<string, number>; cpuUs?: number; upCpuUs?: number }> => {
       if (c.tokens?.ensure) {
         // Enough unused tokens for a generous request rate; exhaustion is reported, never hidden.
         c.tokens.ensure(20_000 * spec.durationSeconds);
@@ -327,13 +346,19 @@ async function main(): Promise<void> {
       }
       const from = c.logFile === undefined ? 0 : logSize(c.logFile);
       const cpuPid = c.name === 'nginx-authreq' ? undefined : c.pid;
+      // The upstream's own CPU in the same slot: the unit of the host-speed-independent cost ratio.
+      const upPid = cpuPid === upstream.child.pid ? undefined : upstream.child.pid;
       const cpuBefore = processCpuMs(cpuPid);
+      const upBefore = processCpuMs(upPid);
       const sample = await runLoad(spec, loadOpts);
       const cpuAfter = processCpuMs(cpuPid);
-      const cpuUs =
-        cpuBefore !== undefined && cpuAfter !== undefined && sample.requests > 0
-          ? ((cpuAfter - cpuBefore) * 1000) / sample.requests
+      const upAfter = processCpuMs(upPid);
+      const perRequest = (before?: number, after?: number) =>
+        before !== undefined && after !== undefined && sample.requests > 0
+          ? ((after - before) * 1000) / sample.requests
           : undefined;
+      const cpuUs = perRequest(cpuBefore, cpuAfter);
+      const upCpuUs = perRequest(upBefore, upAfter);
       if (c.tokens && !c.tokens.cycle) c.tokens.offset += sample.tokensUsed;
       stub!.requests.length = 0;
       // The access line is written when the response closes: give the last ones a moment.
@@ -342,7 +367,12 @@ async function main(): Promise<void> {
         await new Promise((r) => setTimeout(r, 200));
         levels = await cacheLevels(c.logFile, from);
       }
-      return { sample, levels, ...(cpuUs !== undefined ? { cpuUs } : {}) };
+      return {
+        sample,
+        levels,
+        ...(cpuUs !== undefined ? { cpuUs } : {}),
+        ...(upCpuUs !== undefined && upCpuUs > 0 ? { upCpuUs } : {}),
+      };
     };
 
     // Warm-up (JIT, pools, connections): one short unrecorded run per contender.
@@ -358,9 +388,9 @@ async function main(): Promise<void> {
       if (namedLoad.length > 0 && !namedLoad.includes(sc.name)) continue;
       const samples = new Map<
         string,
-        Array<{ sample: LoadSample; levels?: Record<string, number>; cpuUs?: number }>
+        Array<{ sample: LoadSample; levels?: Record<string, number>; cpuUs?: number; upCpuUs?: number }>
       >();
-      for (let round = 1; round <= bench.rounds; round++) {
+      for (let round = 1; round <= sc.rounds; round++) {
         for (const c of sc.contenders) {
           const m = await measure(c, sc.spec(c));
           samples.set(c.name, [...(samples.get(c.name) ?? []), m]);
@@ -368,7 +398,7 @@ async function main(): Promise<void> {
           raw[sc.name] = perContender;
           perContender[c.name] = [...(perContender[c.name] ?? []), m.sample];
           log(
-            `${sc.name} round ${round}/${bench.rounds} ${c.name}: ${Math.round(m.sample.rps)} req/s, p99 ${m.sample.latencyMs.p99} ms` +
+            `${sc.name} round ${round}/${sc.rounds} ${c.name}: ${Math.round(m.sample.rps)} req/s, p99 ${m.sample.latencyMs.p99} ms` +
               (m.cpuUs !== undefined ? `, ${Math.round(m.cpuUs)} µs CPU/req` : '') +
               (m.sample.errors + m.sample.non2xx > 0
                 ? `, ${m.sample.errors} errors, ${m.sample.non2xx} non-2xx`
@@ -406,6 +436,9 @@ async function main(): Promise<void> {
           rounds: s.length,
           ...(runs.every((r) => r.cpuUs !== undefined) && runs.length > 0
             ? { cpuUsPerRequest: Math.round(median(runs.map((r) => r.cpuUs!)) * 10) / 10 }
+            : {}),
+          ...(runs.length > 0 && runs.every((r) => r.cpuUs !== undefined && r.upCpuUs !== undefined)
+            ? { cpuPerUpstream: Math.round(median(runs.map((r) => r.cpuUs! / r.upCpuUs!)) * 100) / 100 }
             : {}),
           ...(stream
             ? {
@@ -479,6 +512,8 @@ async function main(): Promise<void> {
         streamConnections,
         durationSeconds: bench.durationSeconds,
         rounds: bench.rounds,
+        steadyDurationSeconds: bench.steadyDurationSeconds,
+        steadyRounds: bench.steadyRounds,
         quick,
       },
       contenders: contenders.map((c) => ({ name: c.name, description: c.description })),
@@ -502,6 +537,9 @@ async function main(): Promise<void> {
       if (!results.some((r) => r.scenario === scenario)) continue;
       console.log(`\n${title}\n${terminalTable(results, scenario)}`);
     }
+    const costs = costLines(results);
+    if (costs.length > 0)
+      console.log(`\nCPU per request ÷ express-proxy's (in upstream units)\n${costs.join('\n')}`);
     console.log('\nGoals');
     for (const g of goals)
       console.log(`  ${g.met === undefined ? 'n/a ' : g.met ? 'met ' : 'NOT '} ${g.goal}: ${g.measured}`);

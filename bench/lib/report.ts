@@ -20,6 +20,8 @@ export interface RunInfo {
     streamConnections: number;
     durationSeconds: number;
     rounds: number;
+    steadyDurationSeconds: number;
+    steadyRounds: number;
     quick: boolean;
   };
   contenders: Array<{ name: string; description: string }>;
@@ -84,6 +86,16 @@ export function evaluateGoals(results: LoadResult[]): Goal[] {
   return goals;
 }
 
+/** `- pg-l1: 0.91×` per gateway contender of the steady scenario, against express-proxy's CPU ÷ upstream. */
+export function costLines(results: LoadResult[]): string[] {
+  const express = byName(results, 'steady-keepalive', 'express-proxy')?.cpuPerUpstream;
+  if (express === undefined) return [];
+  return results
+    .filter((r) => r.scenario === 'steady-keepalive' && r.contender !== 'express-proxy')
+    .filter((r) => r.cpuPerUpstream !== undefined)
+    .map((r) => `- \`${r.contender}\`: ${fmt(ratio(r.cpuPerUpstream, express))}×`);
+}
+
 const mark = (met: boolean | undefined) => (met === undefined ? 'n/a' : met ? 'met' : '**not met**');
 
 /** Share of each cache level among the finished requests (those cut off by the end of a run apart). */
@@ -106,8 +118,8 @@ function loadTable(results: LoadResult[], scenario: string): string {
   const express = byName(results, scenario, 'express-proxy');
   const direct = byName(results, scenario, 'direct');
   const head = stream
-    ? '| contender | MiB/s | min–max | req/s | p50 ms | p99 ms | p99.9 ms | × express-proxy | × direct | CPU µs/req | errors |'
-    : '| contender | req/s | min–max | p50 ms | p99 ms | p99.9 ms | × express-proxy | × direct | CPU µs/req | errors | cache level |';
+    ? '| contender | MiB/s | min–max | req/s | p50 ms | p99 ms | p99.9 ms | × express-proxy | × direct | CPU µs/req | CPU ÷ upstream | errors |'
+    : '| contender | req/s | min–max | p50 ms | p99 ms | p99.9 ms | × express-proxy | × direct | CPU µs/req | CPU ÷ upstream | errors | cache level |';
   const lines = [
     head,
     `|${head
@@ -118,7 +130,7 @@ function loadTable(results: LoadResult[], scenario: string): string {
   ];
   for (const r of rows) {
     if (r.note?.startsWith('skipped') === true) {
-      lines.push(`| ${r.contender} | ${r.note} |${' |'.repeat(stream ? 9 : 10)}`);
+      lines.push(`| ${r.contender} | ${r.note} |${' |'.repeat(stream ? 10 : 11)}`);
       continue;
     }
     const main = stream ? r.mibPerSec! : r.rps;
@@ -134,6 +146,7 @@ function loadTable(results: LoadResult[], scenario: string): string {
       base(express),
       base(direct),
       r.cpuUsPerRequest === undefined ? '—' : fmt(r.cpuUsPerRequest),
+      r.cpuPerUpstream === undefined ? '—' : fmt(r.cpuPerUpstream),
       r.errors === 0 ? '0' : `**${r.errors}**`,
       ...(stream ? [] : [cacheCell(r.cacheLevels)]),
     ];
@@ -169,10 +182,12 @@ export function markdownReport(
     `Machine: ${info.machine.cpu}, ${info.machine.cpus} CPUs, ${info.machine.memoryGiB} GiB, ${info.machine.os}, Node ${info.machine.node}. ` +
       `${info.pinning}`,
     '',
-    `Load: autocannon 9.0.0, ${o.connections} connections (streaming: ${o.streamConnections}), ${o.durationSeconds} s per run, ` +
-      `${o.rounds} interleaved round(s) (round 1: every contender once, then round 2…); req/s is the median over the rounds ` +
+    `Load: autocannon 9.0.0, ${o.connections} connections (streaming: ${o.streamConnections}); steady keep-alive ${o.steadyRounds} interleaved round(s) of ` +
+      `${o.steadyDurationSeconds} s per contender, the other scenarios ${o.rounds} of ${o.durationSeconds} s ` +
+      `(round 1: every contender once, then round 2…); req/s is the median over the rounds ` +
       `with min–max as the spread; latency percentiles are the medians of each round's percentile over every 2xx response. ` +
-      `Ratios compare medians of the same run. Run time ${Math.round(info.elapsedSeconds)} s${o.quick ? ' (--quick: smoke check, not a measurement)' : ''}.`,
+      `Ratios compare medians of the same run. CPU ÷ upstream: the contender's CPU time per request over the upstream's ` +
+      `in the same run (median of the rounds), a cost ratio the host's speed drift does not move. Run time ${Math.round(info.elapsedSeconds)} s${o.quick ? ' (--quick: smoke check, not a measurement)' : ''}.`,
     '',
   );
   for (const [scenario, title] of Object.entries(SCENARIO_TITLES)) {
@@ -186,6 +201,18 @@ export function markdownReport(
     out.push(`| ${c.scenario} (${c.contender}): ${c.goal} | see below | ${mark(c.met)} |`);
   }
   out.push('');
+  const costs = costLines(results);
+  if (costs.length > 0) {
+    out.push(
+      '## CPU cost per request ÷ express-proxy’s (steady keep-alive, in upstream units)',
+      '',
+      'The same comparison as req/s, by CPU spent per request instead of requests per second: it holds when the ' +
+        'host’s speed drifts between one contender’s slot and the next (below 1: cheaper than express-proxy).',
+      '',
+      ...costs,
+      '',
+    );
+  }
   if (counts.length > 0) out.push('## Burst and flood', '', countTable(counts), '');
   out.push('## Contenders', '');
   for (const c of info.contenders) out.push(`- \`${c.name}\`: ${c.description}`);
@@ -210,6 +237,7 @@ export function terminalTable(results: LoadResult[], scenario: string): string {
       '×express',
       '×direct',
       'CPU µs/req',
+      'CPU÷up',
       'errors',
     ],
   ];
@@ -217,7 +245,7 @@ export function terminalTable(results: LoadResult[], scenario: string): string {
   for (const r of rows) {
     names.push(r.contender);
     if (r.note?.startsWith('skipped') === true) {
-      table.push([r.note, '', '', '', '', '', '', '']);
+      table.push([r.note, '', '', '', '', '', '', '', '']);
       continue;
     }
     const m = stream ? r.mibPerSec! : r.rps;
@@ -230,6 +258,7 @@ export function terminalTable(results: LoadResult[], scenario: string): string {
       base(express),
       base(direct),
       r.cpuUsPerRequest === undefined ? '—' : fmt(r.cpuUsPerRequest),
+      r.cpuPerUpstream === undefined ? '—' : fmt(r.cpuPerUpstream),
       String(r.errors),
     ]);
   }

@@ -24,6 +24,13 @@ export interface LoadResult {
    * (several worker processes).
    */
   cpuUsPerRequest?: number;
+  /**
+   * The same CPU per request in units of the upstream's own CPU per request in the same run
+   * (median over rounds of contender ÷ upstream). Every contender's requests cost the upstream the
+   * same work, so this cost ratio does not move with the host's speed, which on a shared VM drifts
+   * by tens of percent within seconds and moves req/s with it. Absent for `direct` and nginx.
+   */
+  cpuPerUpstream?: number;
   /** Gateways: access-log `cache` levels of the measured requests, summed over the rounds (l1, l2, introspection…). */
   cacheLevels?: Record<string, number>;
 }
@@ -44,6 +51,12 @@ export interface BenchOptions {
   /** Seconds per measured run of one contender in one round. */
   durationSeconds: number;
   rounds: number;
+  /**
+   * Steady keep-alive (the goals' scenario): more, shorter rounds than the others, so the medians
+   * of its nine contenders are interleaved more finely against the host's drift.
+   */
+  steadyDurationSeconds: number;
+  steadyRounds: number;
   connections: number;
   /** CPU list for the servers and for the load generator when taskset exists (e.g. "0" / "1"). */
   serverCpus?: string;

@@ -397,6 +397,12 @@ export async function run(opts: BenchOptions): Promise<CountResult[]> {
 }
 
 if (import.meta.main) {
-  const results = await run({ durationSeconds: 5, rounds: 1, connections: 50 });
+  const results = await run({
+    durationSeconds: 5,
+    rounds: 1,
+    steadyDurationSeconds: 5,
+    steadyRounds: 1,
+    connections: 50,
+  });
   console.log(JSON.stringify(results, null, 2));
 }
