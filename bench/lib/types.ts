@@ -47,6 +47,15 @@ export interface CountResult {
   note?: string;
 }
 
+/** The options of a count scenario run on its own (`node bench/scenarios/burst.ts`). */
+export const STANDALONE_OPTIONS: BenchOptions = {
+  durationSeconds: 5,
+  rounds: 1,
+  steadyDurationSeconds: 5,
+  steadyRounds: 1,
+  connections: 50,
+};
+
 export interface BenchOptions {
   /** Seconds per measured run of one contender in one round. */
   durationSeconds: number;

@@ -7,7 +7,7 @@ import { type RedisServerHandle, startRedisServer } from '../../test/helpers/red
 import { type EchoUpstream, startEchoUpstream } from '../../test/helpers/upstream.ts';
 import { getStatus, round1, waitGatewayReady } from '../lib/http-client.ts';
 import { pinProcess, rssMb } from '../lib/procs.ts';
-import type { BenchOptions, CountResult } from '../lib/types.ts';
+import { type BenchOptions, type CountResult, STANDALONE_OPTIONS } from '../lib/types.ts';
 
 /**
  * The token-scanning flood (issue 6): one phantom-gateway (accept-jwt, Redis, the default
@@ -211,12 +211,6 @@ export async function run(opts: BenchOptions): Promise<CountResult[]> {
 }
 
 if (import.meta.main) {
-  const results = await run({
-    durationSeconds: 5,
-    rounds: 1,
-    steadyDurationSeconds: 5,
-    steadyRounds: 1,
-    connections: 50,
-  });
+  const results = await run(STANDALONE_OPTIONS);
   console.log(JSON.stringify(results, null, 2));
 }
