@@ -391,7 +391,11 @@ async function main(): Promise<void> {
         Array<{ sample: LoadSample; levels?: Record<string, number>; cpuUs?: number; upCpuUs?: number }>
       >();
       for (let round = 1; round <= sc.rounds; round++) {
-        for (const c of sc.contenders) {
+        // Each round starts one contender later: no contender always runs right after the same
+        // neighbour (whatever one leaves behind — closing connections, flushing logs — lands on
+        // a different contender every round instead of always on the same one).
+        const shift = (round - 1) % sc.contenders.length;
+        for (const c of [...sc.contenders.slice(shift), ...sc.contenders.slice(0, shift)]) {
           const m = await measure(c, sc.spec(c));
           samples.set(c.name, [...(samples.get(c.name) ?? []), m]);
           const perContender = raw[sc.name] ?? {};

@@ -184,7 +184,7 @@ export function markdownReport(
     '',
     `Load: autocannon 9.0.0, ${o.connections} connections (streaming: ${o.streamConnections}); steady keep-alive ${o.steadyRounds} interleaved round(s) of ` +
       `${o.steadyDurationSeconds} s per contender, the other scenarios ${o.rounds} of ${o.durationSeconds} s ` +
-      `(round 1: every contender once, then round 2…); req/s is the median over the rounds ` +
+      `(round 1: every contender once, then round 2…, each round starting one contender later); req/s is the median over the rounds ` +
       `with min–max as the spread; latency percentiles are the medians of each round's percentile over every 2xx response. ` +
       `Ratios compare medians of the same run. CPU ÷ upstream: the contender's CPU time per request over the upstream's ` +
       `in the same run (median of the rounds), a cost ratio the host's speed drift does not move. Run time ${Math.round(info.elapsedSeconds)} s${o.quick ? ' (--quick: smoke check, not a measurement)' : ''}.`,
