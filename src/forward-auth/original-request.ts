@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import { splitTarget } from '../pipeline/match-route.ts';
+import { rawValues, splitTarget } from '../pipeline/match-route.ts';
 
 /**
  * Which request a forward-auth call asks about. The ingress calls the forward-auth listener with
@@ -36,7 +36,7 @@ const METHOD = /^[A-Z]{1,32}$/;
 
 /** Reads the original request of a forward-auth call (the caller has checked the peer is trusted). */
 export function readOriginalRequest(
-  req: Pick<IncomingMessage, 'method' | 'url' | 'headersDistinct'>,
+  req: Pick<IncomingMessage, 'method' | 'url' | 'rawHeaders'>,
   opts: OriginalRequestOptions,
 ): OriginalRequest {
   const url = req.url ?? '';
@@ -48,7 +48,7 @@ export function readOriginalRequest(
     return { kind: 'not-found' };
   }
   const one = (name: string): string | undefined | { many: string } => {
-    const values = req.headersDistinct[name];
+    const values = rawValues(req.rawHeaders, name);
     if (values === undefined || values.length === 0) return undefined;
     if (values.length > 1) return { many: name };
     return values[0];

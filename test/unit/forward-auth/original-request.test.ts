@@ -6,11 +6,13 @@ import {
   readOriginalRequest,
 } from '../../../src/forward-auth/original-request.ts';
 
-/** A forward-auth call as node hands it over (header names lower-case, each with its values). */
+/** A forward-auth call as node hands it over: the raw field list, a repeated field once per value. */
 function call(method: string, url: string, headers: Record<string, string | string[]> = {}): IncomingMessage {
-  const headersDistinct: Record<string, string[]> = {};
-  for (const [k, v] of Object.entries(headers)) headersDistinct[k.toLowerCase()] = Array.isArray(v) ? v : [v];
-  return { method, url, headersDistinct } as unknown as IncomingMessage;
+  // As node's parser leaves it: the raw field list, names in the caller's spelling.
+  const rawHeaders = Object.entries(headers).flatMap(([k, v]) =>
+    (Array.isArray(v) ? v : [v]).flatMap((x) => [k, x]),
+  );
+  return { method, url, rawHeaders } as unknown as IncomingMessage;
 }
 
 const HEADERS: OriginalRequestOptions = { path: '/auth', prefixMode: false };
